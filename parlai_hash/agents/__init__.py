@@ -1,0 +1,1 @@
+"""ParlAI agents; reachable as ``-m hash_generator`` through the import hook."""

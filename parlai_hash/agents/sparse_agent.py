@@ -1,0 +1,114 @@
+"""What every sparse generator agent shares: placement options, model, metrics."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn as nn
+from parlai.agents.transformer.transformer import (
+    TransformerGeneratorAgent,
+    _check_positional_embeddings,
+)
+from parlai.core.opt import Opt
+from parlai.core.params import ParlaiParser
+
+from parlai_hash import compat
+from parlai_hash.errors import OptionError, install_excepthook
+from parlai_hash.layers import SparseTransformerModel
+from parlai_hash.metrics import load_metrics
+from parlai_hash.options import SparsePlacement
+
+compat.apply_loaded()
+install_excepthook()
+
+#: ParlAI gives special tokens sentinel counts (~1e9); they are not real frequencies.
+_SENTINEL_COUNT = 1_000_000_000
+
+
+def dictionary_counts(dictionary) -> torch.Tensor:
+    """``[len(dict)]`` training-data frequency of each token id (specials: 0)."""
+    counts = torch.zeros(len(dictionary), dtype=torch.float64)
+    for idx, tok in dictionary.ind2tok.items():
+        c = dictionary.freq.get(tok, 0)
+        counts[idx] = 0 if c >= _SENTINEL_COUNT else c
+    return counts
+
+
+class SparseGeneratorAgent(TransformerGeneratorAgent):
+    """A TransformerGeneratorAgent whose listed FFN layers are mixtures of experts.
+
+    Subclasses say how tokens are routed (``build_router``); placement, dispatch
+    and expert-load metrics are common.
+    """
+
+    @classmethod
+    def add_cmdline_args(
+        cls, parser: ParlaiParser, partial_opt: Optional[Opt] = None
+    ) -> ParlaiParser:
+        super().add_cmdline_args(parser, partial_opt=partial_opt)
+        group = parser.add_argument_group('Sparse layers')
+        group.add_argument(
+            '--hash-layers',
+            '--sparse-layers',
+            type=str,
+            default=None,
+            help='Decoder layers (0-based) whose FFN is a mixture of experts, e.g. '
+            '"7" or "1,3,5,7,9". Default: one late layer (n_decoder_layers - 2).',
+        )
+        group.add_argument(
+            '--hash-encoder-layers',
+            '--sparse-encoder-layers',
+            type=str,
+            default='',
+            help='Encoder layers (0-based) that are sparse too; default none.',
+        )
+        group.add_argument(
+            '--num-experts',
+            type=int,
+            default=16,
+            help='Experts (K) in every sparse layer.',
+        )
+        return parser
+
+    def build_router(self, name: str) -> nn.Module:
+        raise NotImplementedError
+
+    def build_model(self, states=None):
+        _check_positional_embeddings(self.opt)
+        placement = SparsePlacement.from_opt(self.opt)
+        model = SparseTransformerModel.build(
+            self.opt,
+            self.dict,
+            num_experts=placement.num_experts,
+            decoder_layers=placement.decoder_layers,
+            encoder_layers=placement.encoder_layers,
+            router_factory=self.build_router,
+        )
+        if self.opt['embedding_type'] != 'random':
+            self._copy_embeddings(model.encoder.embeddings.weight, self.opt['embedding_type'])
+        return model
+
+    def _sparse_ffns(self):
+        model = getattr(self.model, 'module', self.model)  # unwrap DDP
+        return model.sparse_ffns()
+
+    def compute_loss(self, batch, return_output=False):
+        out = super().compute_loss(batch, return_output=return_output)
+        for name, ffn in self._sparse_ffns().items():
+            if ffn.last_load is not None:
+                for key, metric in load_metrics(name, ffn.last_load).items():
+                    self.global_metrics.add(key, metric)
+        return out
+
+    def load_state_dict(self, state_dict):
+        own = self.model.state_dict()
+        for key, value in state_dict.items():
+            if key.endswith('router.table') and key in own and own[key].shape != value.shape:
+                raise OptionError(
+                    '--dict-file',
+                    f"the checkpoint's routing table ({key}) covers {value.shape[-1]} tokens "
+                    f"but the dictionary has {own[key].shape[-1]}",
+                    "use the dictionary the model was trained with (its .dict file)",
+                )
+        return super().load_state_dict(state_dict)

@@ -1,0 +1,162 @@
+"""Dispatch: move tokens to stacked expert weights and back.
+
+One fast path for every router: tokens are sorted by expert so that each expert
+runs a single GEMM on a contiguous slice, then the outputs are un-permuted.
+Routing (which expert a token goes to) lives in ``parlai_hash.routing``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, List
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+@dataclass
+class DispatchPlan:
+    """Where each token goes: the sort order, its inverse and per-expert counts.
+
+    Built once from the expert ids; it depends only on routing, so a layer (or
+    several layers with the same routing) can reuse it.
+    """
+
+    order: torch.Tensor  # [N] token indices sorted by expert
+    inverse: torch.Tensor  # [N] position of each token in the sorted order
+    counts: List[int]  # tokens per expert, length K
+
+    @classmethod
+    def from_experts(cls, experts: torch.Tensor, num_experts: int) -> "DispatchPlan":
+        experts = experts.reshape(-1)
+        order = torch.argsort(experts, stable=True)
+        inverse = torch.empty_like(order)
+        inverse[order] = torch.arange(order.numel(), device=order.device)
+        counts = torch.bincount(experts, minlength=num_experts).tolist()
+        return cls(order=order, inverse=inverse, counts=counts)
+
+
+class GroupedLinear(torch.autograd.Function):
+    """``y[rows of e] = x[rows of e] @ weight[e] + bias[e]`` on expert-sorted rows.
+
+    Written as one autograd Function so that weight gradients are computed
+    straight into one ``[K, a, b]`` buffer; indexing a stacked parameter per
+    expert under autograd would allocate a full-size zero gradient per expert.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, counts):  # type: ignore[override]
+        ctx.counts = counts
+        ctx.save_for_backward(x, weight)
+        out = x.new_empty(x.shape[0], weight.shape[2])
+        start = 0
+        for e, n in enumerate(counts):
+            if n:
+                end = start + n
+                torch.addmm(bias[e], x[start:end], weight[e], out=out[start:end])
+                start = end
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):  # type: ignore[override]
+        x, weight = ctx.saved_tensors
+        counts = ctx.counts
+        grad_out = grad_out.contiguous()
+        grad_x = grad_w = grad_b = None
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        if need_x:
+            grad_x = torch.empty_like(x)
+        if need_w:
+            grad_w = torch.empty_like(weight)
+        if need_b:
+            grad_b = grad_out.new_empty(weight.shape[0], weight.shape[2])
+        start = 0
+        for e, n in enumerate(counts):
+            if n == 0:
+                if need_w:
+                    grad_w[e].zero_()
+                if need_b:
+                    grad_b[e].zero_()
+                continue
+            end = start + n
+            g = grad_out[start:end]
+            if need_x:
+                torch.mm(g, weight[e].t(), out=grad_x[start:end])
+            if need_w:
+                torch.mm(x[start:end].t(), g, out=grad_w[e])
+            if need_b:
+                torch.sum(g, dim=0, out=grad_b[e])
+            start = end
+        return grad_x, grad_w, grad_b, None
+
+
+def grouped_linear(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, counts: List[int]
+) -> torch.Tensor:
+    """Apply expert ``e``'s ``[a, b]`` weight to its contiguous run of rows."""
+    return GroupedLinear.apply(x, weight, bias, counts)
+
+
+ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    'relu': F.relu,
+    'gelu': F.gelu,
+}
+
+
+class ExpertFFN(nn.Module):
+    """K feed-forward experts with stacked weights ``[K, d, D]`` and ``[K, D, d]``.
+
+    Same semantics as ParlAI's ``TransformerFFN`` (lin1, activation,
+    ``--relu-dropout``, lin2), so with ``K=1`` it is that dense layer.
+    """
+
+    def __init__(
+        self,
+        num_experts: int,
+        dim: int,
+        dim_hidden: int,
+        relu_dropout: float = 0.0,
+        activation: str = 'relu',
+    ):
+        super().__init__()
+        if activation not in ACTIVATIONS:
+            raise ValueError(
+                f"--activation {activation!r} is not supported by expert layers; "
+                f"use one of {sorted(ACTIVATIONS)}"
+            )
+        self.num_experts = num_experts
+        self.dim = dim
+        self.dim_hidden = dim_hidden
+        self.nonlinear = ACTIVATIONS[activation]
+        self.relu_dropout = nn.Dropout(p=relu_dropout)
+        self.expert_w1 = nn.Parameter(torch.empty(num_experts, dim, dim_hidden))
+        self.expert_b1 = nn.Parameter(torch.empty(num_experts, dim_hidden))
+        self.expert_w2 = nn.Parameter(torch.empty(num_experts, dim_hidden, dim))
+        self.expert_b2 = nn.Parameter(torch.empty(num_experts, dim))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        # Per expert, exactly what TransformerFFN does: xavier weights and
+        # nn.Linear's default uniform biases.
+        for w in (self.expert_w1, self.expert_w2):
+            bound = math.sqrt(6.0 / (w.shape[1] + w.shape[2]))
+            nn.init.uniform_(w, -bound, bound)
+        nn.init.uniform_(self.expert_b1, -1 / math.sqrt(self.dim), 1 / math.sqrt(self.dim))
+        nn.init.uniform_(
+            self.expert_b2, -1 / math.sqrt(self.dim_hidden), 1 / math.sqrt(self.dim_hidden)
+        )
+
+    def forward_sorted(self, x_sorted: torch.Tensor, counts: List[int]) -> torch.Tensor:
+        """Run the experts on rows already sorted by expert."""
+        h = grouped_linear(x_sorted, self.expert_w1, self.expert_b1, counts)
+        h = self.relu_dropout(self.nonlinear(h))
+        return grouped_linear(h, self.expert_w2, self.expert_b2, counts)
+
+    def forward(self, x: torch.Tensor, plan: DispatchPlan) -> torch.Tensor:
+        """``x``: ``[..., d]``; ``plan`` routes its ``N = x.numel() // d`` rows."""
+        shape = x.shape
+        flat = x.reshape(-1, self.dim)
+        y = self.forward_sorted(flat.index_select(0, plan.order), plan.counts)
+        return y.index_select(0, plan.inverse).reshape(shape)

@@ -1,0 +1,95 @@
+"""Where the sparse layers go: parsing and validating the placement options.
+
+Shared by every sparse agent (hash, and the learned-routing baselines).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping, Tuple
+
+from parlai_hash.errors import OptionError
+
+
+def parse_layer_list(option: str, value: Any, n_layers: int) -> Tuple[int, ...]:
+    """Parse ``"7"`` or ``"1,3,5"`` (0-based) and check every index exists."""
+    if value is None:
+        return ()
+    if isinstance(value, int):
+        items = [value]
+    else:
+        text = str(value).strip()
+        if text in ('', 'none'):
+            return ()
+        items = []
+        for part in text.split(','):
+            try:
+                items.append(int(part))
+            except ValueError:
+                raise OptionError(
+                    option,
+                    f"{part.strip()!r} is not a layer index",
+                    "give 0-based indices separated by commas, e.g. 1,3,5",
+                ) from None
+    bad = [i for i in items if not 0 <= i < n_layers]
+    if bad:
+        raise OptionError(
+            option,
+            f"layer {bad[0]} does not exist (the model has {n_layers} layers, 0..{n_layers - 1})",
+            f"use indices below {n_layers} or add layers",
+        )
+    if len(set(items)) != len(items):
+        raise OptionError(option, "a layer is listed twice", "list each layer once")
+    return tuple(sorted(items))
+
+
+def n_decoder_layers(opt: Mapping[str, Any]) -> int:
+    n = opt.get('n_decoder_layers', -1)
+    return n if n is not None and n > 0 else opt['n_layers']
+
+
+def n_encoder_layers(opt: Mapping[str, Any]) -> int:
+    n = opt.get('n_encoder_layers', -1)
+    return n if n is not None and n > 0 else opt['n_layers']
+
+
+def default_decoder_layer(n_layers: int) -> int:
+    """One late layer: the last but one (the paper found late layers best)."""
+    return max(n_layers - 2, 0)
+
+
+@dataclass(frozen=True)
+class SparsePlacement:
+    """Which layers are sparse and how many experts each has."""
+
+    num_experts: int
+    decoder_layers: Tuple[int, ...]
+    encoder_layers: Tuple[int, ...]
+
+    @classmethod
+    def from_opt(cls, opt: Mapping[str, Any]) -> "SparsePlacement":
+        num_experts = opt.get('num_experts')
+        if not isinstance(num_experts, int) or num_experts < 1:
+            raise OptionError(
+                '--num-experts',
+                f"got {num_experts!r}, need at least 1 expert",
+                "pass a positive integer such as --num-experts 16",
+            )
+        n_dec = n_decoder_layers(opt)
+        dec = opt.get('hash_layers')
+        decoder_layers = (
+            (default_decoder_layer(n_dec),)
+            if dec is None
+            else parse_layer_list('--hash-layers', dec, n_dec)
+        )
+        encoder_layers = parse_layer_list(
+            '--hash-encoder-layers', opt.get('hash_encoder_layers'), n_encoder_layers(opt)
+        )
+        if not decoder_layers and not encoder_layers:
+            raise OptionError(
+                '--hash-layers',
+                "no sparse layer is left",
+                "name at least one decoder layer, or use -m transformer/generator for a dense model",
+            )
+        return cls(num_experts, decoder_layers, encoder_layers)
+

@@ -1,0 +1,18 @@
+"""Routing: which expert each token goes to.
+
+Hash routing (``HashRouter`` with the ``HASH_TYPES`` registry) lives here;
+moving tokens to experts is ``parlai_hash.dispatch``'s job.
+"""
+
+from parlai_hash.routing.context import RoutingContext
+from parlai_hash.routing.hash_functions import HASH_TYPES, HashFunction, register_hash
+from parlai_hash.routing.hash_router import HashRouter, make_hash_function
+
+__all__ = [
+    'RoutingContext',
+    'HASH_TYPES',
+    'HashFunction',
+    'register_hash',
+    'HashRouter',
+    'make_hash_function',
+]
