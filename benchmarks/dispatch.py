@@ -1,0 +1,620 @@
+"""Hash-layer dispatch throughput on CPU: the project's sorted path vs ParlAI's loop.
+
+Times forward+backward of one hash-routed expert FFN (d=512, D=2048, float32,
+2 threads) and prints one Markdown table of throughput ratios, each taken
+against a dense FFN of the same compute measured in the same configuration:
+
+    ratio = DENSE median / variant median      (1.0 = the compute floor)
+
+Variants, timed round-robin within each (K, T) with the order rotated each round:
+
+- DENSE: ``Linear(d, D) -> relu -> Linear(D, d)`` on all T tokens.
+- HASH:  ``DispatchPlan.from_experts`` + ``ExpertFFN`` (plan building is timed).
+- LOOP:  ParlAI ``projects/params_vs_compute/hash_ladder`` ``HashLayerFFN``
+  dispatch: per expert ``(e == i).nonzero()``, gather, run, index-assign.
+
+Run from the repository root:
+
+    .venv/bin/python -m benchmarks.dispatch            # full grid (a few minutes)
+    .venv/bin/python -m benchmarks.dispatch --quick    # T=2048, K=16,64, 3 reps
+
+Method and reference numbers: ../shared/DISPATCH_BENCH_NOTES.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import math
+import os
+import platform
+import resource
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from functools import partial
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+
+from parlai_hash.dispatch import DispatchPlan, ExpertFFN
+from parlai_hash.routing.hash_functions import HASH_TYPES
+
+D_MODEL = 512
+D_HIDDEN = 2048
+VOCAB = 8008
+THREADS = 2
+SEED = 0
+TABLES = ('random', 'balanced')
+DEFAULT_KS = (16, 64, 128)
+DEFAULT_TS = (2048, 8192)
+DEFAULT_REPS = 7
+TARGET_K, TARGET_T, TARGET_RATIO = 64, 8192, 0.85
+CHECK_RTOL = 1e-4
+
+# glibc would otherwise mmap/munmap every large tensor: page faults then cost
+# seconds of system time per measurement and vary from run to run.
+MALLOC_ENV = {
+    'MALLOC_ARENA_MAX': '1',
+    'MALLOC_MMAP_MAX_': '0',
+    'MALLOC_TRIM_THRESHOLD_': str(2**40),
+    'MALLOC_TOP_PAD_': str(256 * 2**20),
+}
+
+# /proc/stat counts in clock ticks; below a few ticks "foreign load" is rounding.
+BG_NOISE_FLOOR_TICKS = 3
+QUIET_WINDOW_S = 0.25
+MAX_QUIET_WAIT_S = 10.0
+
+
+# --------------------------------------------------------------------- setup
+
+
+def maybe_reexec(malloc_default: bool) -> None:
+    """Restart under the retained-malloc settings unless off or already set."""
+    if malloc_default or all(k in os.environ for k in MALLOC_ENV):
+        return
+    env = dict(os.environ)
+    for key, value in MALLOC_ENV.items():
+        env.setdefault(key, value)  # a value the caller set wins
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)
+
+
+def zipf_probs(vocab: int, gen: torch.Generator) -> torch.Tensor:
+    """Zipf(s=1) frequencies over shuffled token ids, so rank != id."""
+    by_rank = 1.0 / torch.arange(1, vocab + 1, dtype=torch.float64)
+    by_rank /= by_rank.sum()
+    ids = torch.randperm(vocab, generator=gen)
+    probs = torch.empty_like(by_rank)
+    probs[ids] = by_rank
+    return probs
+
+
+def build_tables(num_experts: int, counts: torch.Tensor) -> Dict[str, torch.Tensor]:
+    """token id -> expert tables from the project's own hash registry."""
+    return {
+        'random': HASH_TYPES['random'](num_experts, SEED).build_table(VOCAB, None),
+        'balanced': HASH_TYPES['balanced'](num_experts, SEED).build_table(VOCAB, counts),
+    }
+
+
+@dataclass
+class Batch:
+    """Inputs for one T, shared by every variant and every K."""
+
+    tokens: torch.Tensor  # [T] token ids
+    x: torch.Tensor  # [T, d] leaf that requires grad
+    grad: torch.Tensor  # [T, d] incoming gradient
+
+
+def make_batch(num_tokens: int, probs: torch.Tensor) -> Batch:
+    gen = torch.Generator().manual_seed(SEED + num_tokens)
+    tokens = torch.multinomial(probs, num_tokens, replacement=True, generator=gen)
+    x = torch.randn(num_tokens, D_MODEL, generator=gen).requires_grad_(True)
+    grad = torch.randn(num_tokens, D_MODEL, generator=gen)
+    return Batch(tokens=tokens, x=x, grad=grad)
+
+
+# ------------------------------------------------------------------ variants
+
+
+def dense_ffn() -> nn.Module:
+    return nn.Sequential(nn.Linear(D_MODEL, D_HIDDEN), nn.ReLU(), nn.Linear(D_HIDDEN, D_MODEL))
+
+
+class LoopFFN(nn.Module):
+    """ParlAI hash_ladder ``HashLayerFFN`` dispatch (no residual, no LayerNorm)."""
+
+    def __init__(self, num_experts: int, dim: int, dim_hidden: int):
+        super().__init__()
+        # skip_init: the HASH weights are copied in before any call.
+        self.experts = nn.ModuleList(
+            nn.Sequential(
+                nn.utils.skip_init(nn.Linear, dim, dim_hidden),
+                nn.ReLU(),
+                nn.utils.skip_init(nn.Linear, dim_hidden, dim),
+            )
+            for _ in range(num_experts)
+        )
+
+    def forward(self, x: torch.Tensor, experts: torch.Tensor) -> torch.Tensor:
+        out = x.new_zeros(x.shape[0], x.shape[1])
+        for i, expert in enumerate(self.experts):
+            idx = (experts == i).nonzero().squeeze(1)
+            if idx.numel() == 0:
+                continue
+            out[idx] = expert(x[idx])
+        return out
+
+
+def dense_step(dense: nn.Module, x: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+    y = dense(x)
+    y.backward(grad)
+    return y
+
+
+def hash_step(
+    moe: ExpertFFN, x: torch.Tensor, experts: torch.Tensor, grad: torch.Tensor
+) -> torch.Tensor:
+    plan = DispatchPlan.from_experts(experts, moe.num_experts)
+    y = moe(x, plan)
+    y.backward(grad)
+    return y
+
+
+def loop_step(
+    loop: LoopFFN, x: torch.Tensor, experts: torch.Tensor, grad: torch.Tensor
+) -> torch.Tensor:
+    y = loop(x, experts)
+    y.backward(grad)
+    return y
+
+
+@dataclass
+class Variant:
+    name: str  # 'DENSE', 'HASH/random', 'LOOP/balanced', ...
+    step: Callable[[], torch.Tensor]  # one fwd+bwd call
+    modules: Sequence[nn.Module]  # whose grads are cleared before each call
+
+
+# --------------------------------------------------------------- correctness
+
+
+def copy_hash_into_loop(moe: ExpertFFN, loop: LoopFFN) -> None:
+    """Give LOOP the same function as HASH (nn.Linear stores weight as [out, in])."""
+    with torch.no_grad():
+        for i, expert in enumerate(loop.experts):
+            lin1, lin2 = expert[0], expert[2]
+            lin1.weight.copy_(moe.expert_w1[i].t())
+            lin1.bias.copy_(moe.expert_b1[i])
+            lin2.weight.copy_(moe.expert_w2[i].t())
+            lin2.bias.copy_(moe.expert_b2[i])
+
+
+def rel_err(got: torch.Tensor, ref: torch.Tensor) -> float:
+    return ((got - ref).norm() / ref.norm().clamp_min(1e-30)).item()
+
+
+def stacked_grad_err(
+    stacked: torch.Tensor, per_expert: Sequence[nn.Parameter], transpose: bool
+) -> float:
+    """Frobenius relative error over all experts; an unused expert's grad is None = 0."""
+    assert stacked.grad is not None
+    num = den = 0.0
+    for i, param in enumerate(per_expert):
+        ref = param.grad if param.grad is not None else torch.zeros_like(param)
+        ref = ref.t() if transpose else ref
+        num += (stacked.grad[i] - ref).pow(2).sum().item()
+        den += ref.pow(2).sum().item()
+    return math.sqrt(num / max(den, 1e-60))
+
+
+def clear_grads(modules: Sequence[nn.Module], x: torch.Tensor) -> None:
+    for module in modules:
+        module.zero_grad(set_to_none=True)
+    x.grad = None
+
+
+def check_hash_vs_loop(
+    moe: ExpertFFN, loop: LoopFFN, batch: Batch, experts: torch.Tensor
+) -> Dict[str, float]:
+    """Warm-up call of HASH and LOOP, asserting both compute the same fwd and grads."""
+    clear_grads([moe], batch.x)
+    y_hash = hash_step(moe, batch.x, experts, batch.grad).detach()
+    gx_hash = batch.x.grad
+    clear_grads([loop], batch.x)
+    y_loop = loop_step(loop, batch.x, experts, batch.grad).detach()
+    gx_loop = batch.x.grad
+    lin1 = [e[0] for e in loop.experts]
+    lin2 = [e[2] for e in loop.experts]
+    errs = {
+        'y': rel_err(y_hash, y_loop),
+        'dx': rel_err(gx_hash, gx_loop),
+        'dw1': stacked_grad_err(moe.expert_w1, [m.weight for m in lin1], transpose=True),
+        'db1': stacked_grad_err(moe.expert_b1, [m.bias for m in lin1], transpose=False),
+        'dw2': stacked_grad_err(moe.expert_w2, [m.weight for m in lin2], transpose=True),
+        'db2': stacked_grad_err(moe.expert_b2, [m.bias for m in lin2], transpose=False),
+    }
+    bad = {k: v for k, v in errs.items() if not v < CHECK_RTOL}  # `not <` also catches NaN
+    assert not bad, f"HASH and LOOP disagree (relative error > {CHECK_RTOL}): {bad}"
+    return errs
+
+
+# -------------------------------------------------------------------- timing
+
+
+@dataclass
+class CpuSnapshot:
+    busy_s: float  # all CPUs' non-idle time, seconds
+    own_s: float  # this process's CPU time, seconds
+
+
+class LoadMonitor:
+    """Foreign CPU load during a call: machine busy time minus our own CPU time."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled and os.path.exists('/proc/stat')
+        self.tick_s = 1.0 / os.sysconf('SC_CLK_TCK') if self.enabled else 0.01
+
+    def snapshot(self) -> CpuSnapshot:
+        if not self.enabled:
+            return CpuSnapshot(0.0, 0.0)
+        with open('/proc/stat') as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+        # user nice system idle iowait irq softirq steal ...: idle/iowait/steal are not load
+        busy = fields[0] + fields[1] + fields[2] + fields[5] + fields[6]
+        return CpuSnapshot(busy * self.tick_s, time.process_time())
+
+    def foreign_s(self, before: CpuSnapshot, after: CpuSnapshot) -> float:
+        return max(0.0, (after.busy_s - before.busy_s) - (after.own_s - before.own_s))
+
+    def wait_quiet(self, max_s: float, threshold: float) -> float:
+        """Sleep until one window shows less than ``threshold`` foreign cores."""
+        start = time.perf_counter()
+        while time.perf_counter() - start < max_s:
+            before = self.snapshot()
+            time.sleep(QUIET_WINDOW_S)
+            if self.foreign_s(before, self.snapshot()) / QUIET_WINDOW_S < threshold:
+                break
+        return time.perf_counter() - start
+
+
+@dataclass
+class RetryPolicy:
+    """Bounded re-runs of calls that overlapped foreign load; a total time budget."""
+
+    threshold: float  # foreign load, in cores, above which a call is re-run
+    max_retries: int  # per call
+    budget_s: float  # total seconds for discarded calls plus waiting
+    spent_s: float = 0.0
+    rerun_calls: int = 0
+
+    def allows(self, attempts: int) -> bool:
+        return attempts < self.max_retries and self.spent_s < self.budget_s
+
+
+@dataclass
+class Sample:
+    seconds: float
+    bg: float  # foreign load during the kept call, in cores
+    reruns: int
+
+
+def timed_call(
+    variant: Variant, x: torch.Tensor, monitor: LoadMonitor, policy: RetryPolicy
+) -> Sample:
+    attempts = 0
+    while True:
+        clear_grads(variant.modules, x)  # set_to_none: outside the timed region
+        before = monitor.snapshot()
+        t0 = time.perf_counter()
+        out = variant.step()
+        seconds = time.perf_counter() - t0
+        after = monitor.snapshot()
+        del out
+        foreign = monitor.foreign_s(before, after)
+        bg = foreign / seconds
+        noisy = bg > policy.threshold and foreign > BG_NOISE_FLOOR_TICKS * monitor.tick_s
+        if not (monitor.enabled and noisy and policy.allows(attempts)):
+            return Sample(seconds, bg, attempts)
+        attempts += 1
+        policy.rerun_calls += 1
+        wait_s = min(MAX_QUIET_WAIT_S, max(0.0, policy.budget_s - policy.spent_s))
+        policy.spent_s += seconds + monitor.wait_quiet(wait_s, policy.threshold)
+        if policy.spent_s >= policy.budget_s:
+            log(f'bg re-run budget ({policy.budget_s:.0f} s) spent: later calls are kept as measured')
+
+
+def round_robin(
+    variants: Sequence[Variant],
+    reps: int,
+    x: torch.Tensor,
+    monitor: LoadMonitor,
+    policy: RetryPolicy,
+) -> Dict[str, List[Sample]]:
+    """Interleave so host speed drift hits every variant alike; rotate the order."""
+    samples: Dict[str, List[Sample]] = {v.name: [] for v in variants}
+    n = len(variants)
+    for r in range(reps):
+        for v in [*variants[r % n :], *variants[: r % n]]:
+            samples[v.name].append(timed_call(v, x, monitor, policy))
+    return samples
+
+
+# ------------------------------------------------------------------- results
+
+
+@dataclass
+class Row:
+    table: str
+    K: int
+    T: int
+    dense_ms: float
+    hash_ms: float
+    loop_ms: Optional[float]
+    load_max: int
+    load_mean: float
+    bg_max: float  # worst foreign load (cores) over this row's kept calls
+    check: Dict[str, float]
+    samples_ms: Dict[str, List[float]] = field(default_factory=dict)
+
+    @property
+    def hash_ratio(self) -> float:
+        return self.dense_ms / self.hash_ms
+
+    @property
+    def loop_ratio(self) -> Optional[float]:
+        return None if self.loop_ms is None else self.dense_ms / self.loop_ms
+
+    @property
+    def speedup(self) -> Optional[float]:
+        return None if self.loop_ms is None else self.loop_ms / self.hash_ms
+
+
+def median_ms(samples: Sequence[Sample]) -> float:
+    return 1e3 * statistics.median(s.seconds for s in samples)
+
+
+def make_rows(
+    K: int,
+    T: int,
+    samples: Dict[str, List[Sample]],
+    experts: Dict[str, torch.Tensor],
+    checks: Dict[str, Dict[str, float]],
+) -> List[Row]:
+    rows = []
+    for table, e in experts.items():
+        names = ['DENSE', f'HASH/{table}', f'LOOP/{table}']
+        kept = [s for n in names for s in samples.get(n, [])]
+        counts = torch.bincount(e, minlength=K)
+        rows.append(
+            Row(
+                table=table,
+                K=K,
+                T=T,
+                dense_ms=median_ms(samples['DENSE']),
+                hash_ms=median_ms(samples[f'HASH/{table}']),
+                loop_ms=median_ms(samples[names[2]]) if names[2] in samples else None,
+                load_max=int(counts.max()),
+                load_mean=T / K,
+                bg_max=max(s.bg for s in kept),
+                check=checks[table],
+                samples_ms={n: [1e3 * s.seconds for s in samples[n]] for n in names if n in samples},
+            )
+        )
+    return rows
+
+
+def fmt_ratio(ms: Optional[float], ratio: Optional[float]) -> str:
+    return '—' if ms is None or ratio is None else f'{ms:.0f} ({ratio:.2f}x)'
+
+
+def markdown_table(rows: Sequence[Row]) -> str:
+    lines = [
+        '| table | K | T | dense ms (tok/s) | HASH ms (ratio) | LOOP ms (ratio) '
+        '| HASH/LOOP speed-up | load max/mean | bg % |',
+        '|---|---|---|---|---|---|---|---|---|',
+    ]
+    for r in sorted(rows, key=lambda r: (TABLES.index(r.table), r.K, r.T)):
+        speedup = '—' if r.speedup is None else f'{r.speedup:.2f}x'
+        lines.append(
+            f'| {r.table} | {r.K} | {r.T} | {r.dense_ms:.0f} ({r.T / r.dense_ms * 1e3:.0f}) '
+            f'| {fmt_ratio(r.hash_ms, r.hash_ratio)} | {fmt_ratio(r.loop_ms, r.loop_ratio)} '
+            f'| {speedup} | {r.load_max}/{r.load_mean:.0f} = {r.load_max / r.load_mean:.2f} '
+            f'| {100 * r.bg_max:.0f} |'
+        )
+    return '\n'.join(lines)
+
+
+def target_line(rows: Sequence[Row]) -> str:
+    head = f'target: HASH >= {TARGET_RATIO}x dense at K={TARGET_K}, T={TARGET_T}'
+    hits = [r for r in rows if r.K == TARGET_K and r.T == TARGET_T]
+    if not hits:
+        return f'{head}: not measured in this run (it is in the default grid).'
+    verdicts = [
+        f"{r.table} {r.hash_ratio:.2f}x: {'met' if r.hash_ratio >= TARGET_RATIO else 'NOT met'}"
+        for r in hits
+    ]
+    overall = 'met' if all(r.hash_ratio >= TARGET_RATIO for r in hits) else 'NOT met'
+    return f"{head}: {overall} ({'; '.join(verdicts)})"
+
+
+# ---------------------------------------------------------------------- main
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def int_list(text: str) -> List[int]:
+    return [int(v) for v in text.split(',') if v]
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog='python -m benchmarks.dispatch', description=__doc__.split('\n\n')[0]
+    )
+    p.add_argument('--quick', action='store_true', help='T=2048, K=16,64, 3 reps')
+    p.add_argument('--reps', type=int, help=f'timed calls per variant (default {DEFAULT_REPS})')
+    p.add_argument('--ks', type=int_list, help='experts, comma separated (default 16,64,128)')
+    p.add_argument('--ts', type=int_list, help='tokens per batch, comma separated (default 2048,8192)')
+    p.add_argument('--no-loop-balanced', action='store_true', help='time LOOP on the random table only')
+    p.add_argument('--json', metavar='PATH', help='also write the results as JSON')
+    p.add_argument('--malloc-default', action='store_true', help='keep glibc malloc defaults (no re-exec)')
+    p.add_argument('--no-bg-check', action='store_true', help='do not re-run calls that overlapped other load')
+    p.add_argument('--bg-threshold', type=float, default=0.10, help='foreign load (cores) that triggers a re-run')
+    p.add_argument('--bg-retries', type=int, default=2, help='re-runs per call at most')
+    p.add_argument('--bg-budget', type=float, help='seconds for re-runs and waiting in all (default 120, quick 30)')
+    args = p.parse_args(argv)
+    args.ks = args.ks or ([16, 64] if args.quick else list(DEFAULT_KS))
+    args.ts = args.ts or ([2048] if args.quick else list(DEFAULT_TS))
+    args.reps = args.reps or (3 if args.quick else DEFAULT_REPS)
+    args.bg_budget = args.bg_budget if args.bg_budget is not None else (30.0 if args.quick else 120.0)
+    return args
+
+
+def make_variants(
+    batch: Batch,
+    experts: Dict[str, torch.Tensor],
+    dense: nn.Module,
+    moe: ExpertFFN,
+    loop: LoopFFN,
+    loop_balanced: bool,
+) -> List[Variant]:
+    x, grad = batch.x, batch.grad
+    variants = [Variant('DENSE', partial(dense_step, dense, x, grad), [dense])]
+    for table, e in experts.items():
+        variants.append(Variant(f'HASH/{table}', partial(hash_step, moe, x, e, grad), [moe]))
+        if table == 'random' or loop_balanced:
+            variants.append(Variant(f'LOOP/{table}', partial(loop_step, loop, x, e, grad), [loop]))
+    return variants
+
+
+def run_config(
+    K: int,
+    batch: Batch,
+    tables: Dict[str, torch.Tensor],
+    modules: Tuple[nn.Module, ExpertFFN, LoopFFN],
+    args: argparse.Namespace,
+    monitor: LoadMonitor,
+    policy: RetryPolicy,
+) -> List[Row]:
+    dense, moe, loop = modules
+    T = batch.tokens.numel()
+    experts = {name: table[batch.tokens] for name, table in tables.items()}
+    t0 = time.perf_counter()
+    # Warm-up: one untimed call per variant; HASH and LOOP double as the check.
+    clear_grads([dense], batch.x)
+    dense_step(dense, batch.x, batch.grad)
+    copy_hash_into_loop(moe, loop)
+    checks = {name: check_hash_vs_loop(moe, loop, batch, e) for name, e in experts.items()}
+    worst = max(v for c in checks.values() for v in c.values())
+    variants = make_variants(batch, experts, dense, moe, loop, not args.no_loop_balanced)
+    samples = round_robin(variants, args.reps, batch.x, monitor, policy)
+    log(
+        f'K={K:<4} T={T:<5} check ok (worst rel err {worst:.1e}); '
+        f'{len(variants)} variants x {args.reps} reps in {time.perf_counter() - t0:.0f} s'
+    )
+    return make_rows(K, T, samples, experts, checks)
+
+
+def run(args: argparse.Namespace) -> List[Row]:
+    monitor = LoadMonitor(enabled=not args.no_bg_check)
+    policy = RetryPolicy(args.bg_threshold, args.bg_retries, args.bg_budget)
+    gen = torch.Generator().manual_seed(SEED)
+    probs = zipf_probs(VOCAB, gen)
+    batches = {T: make_batch(T, probs) for T in args.ts}
+    dense = dense_ffn()
+    rows: List[Row] = []
+    for K in args.ks:
+        # Built once per K and reused across T: K=128 weights are 1 GiB each.
+        tables = build_tables(K, probs.float())
+        modules = (dense, ExpertFFN(K, D_MODEL, D_HIDDEN), LoopFFN(K, D_MODEL, D_HIDDEN))
+        for T in args.ts:
+            rows += run_config(K, batches[T], tables, modules, args, monitor, policy)
+        del modules
+        gc.collect()
+    args.rerun_calls, args.rerun_spent_s = policy.rerun_calls, policy.spent_s
+    return rows
+
+
+def header(args: argparse.Namespace) -> str:
+    malloc = 'glibc defaults' if args.malloc_default else 'retained (' + ' '.join(
+        f'{k}={os.environ.get(k)}' for k in MALLOC_ENV) + ')'
+    return (
+        f'Hash-layer dispatch, fwd+bwd, d={D_MODEL} D={D_HIDDEN}, float32, '
+        f'{torch.get_num_threads()} threads, torch {torch.__version__}, '
+        f'median of {args.reps} interleaved calls; malloc {malloc}'
+    )
+
+
+def footer(args: argparse.Namespace, rows: Sequence[Row], elapsed_s: float) -> str:
+    bg = (
+        'bg check off'
+        if args.no_bg_check
+        else f'bg %: worst foreign CPU load during kept calls (% of a core); '
+        f'{args.rerun_calls} calls re-run, {args.rerun_spent_s:.0f} s spent on re-runs and waits'
+    )
+    text = (
+        'Ratios are DENSE median / variant median in the same (K, T); both table rows of a '
+        f'(K, T) share one DENSE measurement. {bg}. Total {elapsed_s:.0f} s.'
+    )
+    noisy = [r for r in rows if r.bg_max > args.bg_threshold]
+    if noisy and not args.no_bg_check:
+        text += (
+            f'\nWARNING: {len(noisy)} of {len(rows)} rows kept calls that overlapped foreign CPU '
+            f'load above {100 * args.bg_threshold:.0f}% of a core; their times and ratios are not '
+            'trustworthy. Re-run on a quiet machine.'
+        )
+    return text
+
+
+def write_json(path: str, args: argparse.Namespace, rows: Sequence[Row], elapsed_s: float) -> None:
+    record = {
+        'config': {
+            'd': D_MODEL, 'D': D_HIDDEN, 'vocab': VOCAB, 'threads': torch.get_num_threads(),
+            'reps': args.reps, 'ks': args.ks, 'ts': args.ts, 'dtype': 'float32',
+            'torch': torch.__version__, 'platform': platform.platform(),
+            'malloc': {k: os.environ.get(k) for k in MALLOC_ENV},
+            'bg_check': not args.no_bg_check, 'bg_threshold_cores': args.bg_threshold,
+        },
+        'rows': [
+            {**asdict(r), 'hash_ratio': r.hash_ratio, 'loop_ratio': r.loop_ratio,
+             'hash_over_loop_speedup': r.speedup}
+            for r in rows
+        ],
+        'target': {'K': TARGET_K, 'T': TARGET_T, 'ratio': TARGET_RATIO, 'line': target_line(rows)},
+        'rerun_calls': args.rerun_calls,
+        'rerun_spent_s': args.rerun_spent_s,
+        'elapsed_s': elapsed_s,
+        'max_rss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+    with open(path, 'w') as f:
+        json.dump(record, f, indent=1)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    args = parse_args(argv)
+    maybe_reexec(args.malloc_default)
+    torch.set_num_threads(THREADS)
+    torch.manual_seed(SEED)
+    start = time.perf_counter()
+    rows = run(args)
+    elapsed = time.perf_counter() - start
+    print(header(args))
+    print()
+    print(markdown_table(rows))
+    print()
+    print(footer(args, rows, elapsed))
+    print(target_line(rows))
+    if args.json:
+        write_json(args.json, args, rows, elapsed)
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,49 @@
+"""parlai_hash.compat: each fix repairs its ParlAI module on torch 2.x, idempotently."""
+
+import subprocess
+import sys
+
+import numpy as np
+import torch
+
+from parlai_hash import compat
+
+
+def test_reduce_on_plateau_scheduler_builds_on_this_torch():
+    from parlai.nn.lr_scheduler import ReduceOnPlateauLRScheduler
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    sched = ReduceOnPlateauLRScheduler(opt, patience=2, decay=0.5, warmup_updates=-1, warmup_rate=1e-4)
+    assert isinstance(sched.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
+    assert sched.scheduler.patience == 2 and sched.scheduler.factor == 0.5
+
+
+def test_txt2vec_ndarray_without_np_int():
+    from parlai.core.dict import DictionaryAgent
+    from parlai.core.params import ParlaiParser
+    d = DictionaryAgent(ParlaiParser(True, False).parse_args([]))
+    d.add_to_dict(['hello', 'world'])
+    vec = d.txt2vec('hello world', vec_type=np.ndarray)
+    assert vec.dtype == np.int64 and vec.tolist() == [d['hello'], d['world']]
+    assert d.txt2vec('hello world') == vec.tolist()
+
+
+def test_fixes_are_idempotent():
+    import parlai.core.dict as dict_module
+    before = dict_module.DictionaryAgent.txt2vec
+    compat.apply_loaded()
+    compat.apply_loaded()
+    assert dict_module.DictionaryAgent.txt2vec is before
+
+
+def test_fix_applies_on_plain_import_of_the_parlai_module():
+    # Without our agents imported at all, importing ParlAI's module is enough.
+    code = ("import torch; from parlai.nn.lr_scheduler import ReduceOnPlateauLRScheduler as R;"
+            "o=torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=.1);"
+            "R(o, 1, .5, -1, 1e-4); import sys; print('parlai_hash.agents' in sys.modules)")
+    out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == 'False'
+
+
+def test_hook_and_compat_agree_on_patched_modules():
+    from parlai_hash._import_hook import PATCHED_MODULES
+    assert PATCHED_MODULES == frozenset(compat.FIXES)
