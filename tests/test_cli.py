@@ -44,7 +44,8 @@ def test_eval_model_reports_expert_load(model_file):
 def test_display_model_and_interactive(model_file):
     out = parlai('display_model', '-mf', model_file, '-t', 'integration_tests:nocandidate',
                  '--num-examples', '2')
-    assert out.stdout.count('model: ') == 2  # a generated reply per example
+    shown = out.stdout[out.stdout.index('NEW EPISODE'):]
+    assert shown.count('\n     model: ') == 2  # a generated reply per example
     chat = parlai('interactive', '-mf', model_file, stdin='1 2 3\n[EXIT]\n')
     assert '[HashGenerator]:' in chat.stdout
 
