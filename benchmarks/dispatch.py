@@ -303,6 +303,7 @@ class Sample:
     seconds: float
     bg: float  # foreign load during the kept call, in cores
     reruns: int
+    noisy: bool  # kept although over the threshold (retries or budget ran out)
 
 
 def timed_call(
@@ -319,9 +320,13 @@ def timed_call(
         del out
         foreign = monitor.foreign_s(before, after)
         bg = foreign / seconds
-        noisy = bg > policy.threshold and foreign > BG_NOISE_FLOOR_TICKS * monitor.tick_s
-        if not (monitor.enabled and noisy and policy.allows(attempts)):
-            return Sample(seconds, bg, attempts)
+        noisy = (
+            monitor.enabled
+            and bg > policy.threshold
+            and foreign > BG_NOISE_FLOOR_TICKS * monitor.tick_s
+        )
+        if not (noisy and policy.allows(attempts)):
+            return Sample(seconds, bg, attempts, noisy)
         attempts += 1
         policy.rerun_calls += 1
         wait_s = min(MAX_QUIET_WAIT_S, max(0.0, policy.budget_s - policy.spent_s))
@@ -360,6 +365,7 @@ class Row:
     load_max: int
     load_mean: float
     bg_max: float  # worst foreign load (cores) over this row's kept calls
+    noisy_calls: int  # kept calls that were over the re-run threshold
     check: Dict[str, float]
     samples_ms: Dict[str, List[float]] = field(default_factory=dict)
 
@@ -403,6 +409,7 @@ def make_rows(
                 load_max=int(counts.max()),
                 load_mean=T / K,
                 bg_max=max(s.bg for s in kept),
+                noisy_calls=sum(s.noisy for s in kept),
                 check=checks[table],
                 samples_ms={n: [1e3 * s.seconds for s in samples[n]] for n in names if n in samples},
             )
@@ -564,8 +571,8 @@ def footer(args: argparse.Namespace, rows: Sequence[Row], elapsed_s: float) -> s
         'Ratios are DENSE median / variant median in the same (K, T); both table rows of a '
         f'(K, T) share one DENSE measurement. {bg}. Total {elapsed_s:.0f} s.'
     )
-    noisy = [r for r in rows if r.bg_max > args.bg_threshold]
-    if noisy and not args.no_bg_check:
+    noisy = [r for r in rows if r.noisy_calls]
+    if noisy:
         text += (
             f'\nWARNING: {len(noisy)} of {len(rows)} rows kept calls that overlapped foreign CPU '
             f'load above {100 * args.bg_threshold:.0f}% of a core; their times and ratios are not '

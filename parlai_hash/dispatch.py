@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, List
+from typing import Callable, List, Optional
 
 import torch
 import torch.nn as nn
@@ -21,21 +21,36 @@ class DispatchPlan:
     """Where each token goes: the sort order, its inverse and per-expert counts.
 
     Built once from the expert ids; it depends only on routing, so a layer (or
-    several layers with the same routing) can reuse it.
+    several layers with the same routing) can reuse it. Tokens not kept
+    (padding; later, tokens over an expert's capacity) sort after every expert
+    and are not computed: their FFN output is 0, so the residual passes them on.
     """
 
-    order: torch.Tensor  # [N] token indices sorted by expert
+    order: torch.Tensor  # [N] token indices sorted by expert, dropped tokens last
     inverse: torch.Tensor  # [N] position of each token in the sorted order
     counts: List[int]  # tokens per expert, length K
+    dropped: int = 0  # tokens at the end of ``order`` that no expert computes
 
     @classmethod
-    def from_experts(cls, experts: torch.Tensor, num_experts: int) -> "DispatchPlan":
+    def from_experts(
+        cls,
+        experts: torch.Tensor,
+        num_experts: int,
+        keep: Optional[torch.Tensor] = None,
+    ) -> "DispatchPlan":
         experts = experts.reshape(-1)
+        if keep is not None:
+            experts = experts.masked_fill(~keep.reshape(-1), num_experts)
         order = torch.argsort(experts, stable=True)
         inverse = torch.empty_like(order)
         inverse[order] = torch.arange(order.numel(), device=order.device)
-        counts = torch.bincount(experts, minlength=num_experts).tolist()
-        return cls(order=order, inverse=inverse, counts=counts)
+        counts = torch.bincount(experts, minlength=num_experts + 1).tolist()
+        return cls(
+            order=order,
+            inverse=inverse,
+            counts=counts[:num_experts],
+            dropped=counts[num_experts],
+        )
 
 
 class GroupedLinear(torch.autograd.Function):
@@ -51,6 +66,7 @@ class GroupedLinear(torch.autograd.Function):
         ctx.counts = counts
         ctx.save_for_backward(x, weight)
         out = x.new_empty(x.shape[0], weight.shape[2])
+        out[sum(counts) :].zero_()  # rows no expert computes (dropped tokens)
         start = 0
         for e, n in enumerate(counts):
             if n:
@@ -68,6 +84,7 @@ class GroupedLinear(torch.autograd.Function):
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
         if need_x:
             grad_x = torch.empty_like(x)
+            grad_x[sum(counts) :].zero_()
         if need_w:
             grad_w = torch.empty_like(weight)
         if need_b:
@@ -155,7 +172,10 @@ class ExpertFFN(nn.Module):
         return grouped_linear(h, self.expert_w2, self.expert_b2, counts)
 
     def forward(self, x: torch.Tensor, plan: DispatchPlan) -> torch.Tensor:
-        """``x``: ``[..., d]``; ``plan`` routes its ``N = x.numel() // d`` rows."""
+        """``x``: ``[..., d]``; ``plan`` routes its ``N = x.numel() // d`` rows.
+
+        Rows the plan drops get output 0 (and no gradient through the experts).
+        """
         shape = x.shape
         flat = x.reshape(-1, self.dim)
         y = self.forward_sorted(flat.index_select(0, plan.order), plan.counts)

@@ -59,10 +59,13 @@ class SparseFFN(nn.Module):
                 f"{self.name}: router gave {tuple(experts.shape)} ids for "
                 f"{tuple(x.shape[:-1])} tokens"
             )
+        # Padding is not computed: its FFN output is 0 and the residual carries it.
+        real = self.routing.mask
         with torch.no_grad():
-            real = experts[self.routing.mask]
-            self.last_load = torch.bincount(real, minlength=self.num_experts).cpu()
-        plan = DispatchPlan.from_experts(experts, self.num_experts)
+            self.last_load = torch.bincount(
+                experts[real], minlength=self.num_experts
+            ).cpu()
+        plan = DispatchPlan.from_experts(experts, self.num_experts, keep=real)
         return self.experts(x, plan)
 
 

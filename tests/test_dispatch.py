@@ -112,3 +112,19 @@ def test_expert_weights_are_stacked_parameters_named_expert():
         'expert_w2': (5, 16, 8), 'expert_b2': (5, 8),
     }
     assert not any(isinstance(m, nn.Linear) for m in moe.modules())
+
+
+def test_dropped_tokens_output_zero_and_do_not_change_kept_ones():
+    torch.manual_seed(4)
+    moe = ExpertFFN(3, 8, 12).double()
+    x = torch.randn(10, 8, dtype=torch.float64)
+    experts = torch.randint(0, 3, (10,))
+    keep = torch.tensor([1, 1, 0, 1, 0, 1, 1, 1, 0, 1], dtype=torch.bool)
+    plan = DispatchPlan.from_experts(experts, 3, keep=keep)
+    assert plan.dropped == 3 and sum(plan.counts) == 7
+    assert set(plan.order[-3:].tolist()) == {2, 4, 8}
+    y, gx = _run(lambda t: moe(t, plan), x)
+    assert y[~keep].abs().sum() == 0 and gx[~keep].abs().sum() == 0
+    full = DispatchPlan.from_experts(experts, 3)
+    y_full = moe(x, full).detach()
+    torch.testing.assert_close(y[keep], y_full[keep])
