@@ -48,7 +48,9 @@ D_HIDDEN = 2048
 VOCAB = 8008
 THREADS = 2
 SEED = 0
-TABLES = ('random', 'balanced')
+# 'even' is no token table: every expert gets exactly T/K tokens, the best case
+# for any router, which separates dispatch cost from load imbalance.
+TABLES = ('random', 'balanced', 'even')
 DEFAULT_KS = (16, 64, 128)
 DEFAULT_TS = (2048, 8192)
 DEFAULT_REPS = 7
@@ -101,6 +103,12 @@ def build_tables(num_experts: int, counts: torch.Tensor) -> Dict[str, torch.Tens
         'random': HASH_TYPES['random'](num_experts, SEED).build_table(VOCAB, None),
         'balanced': HASH_TYPES['balanced'](num_experts, SEED).build_table(VOCAB, counts),
     }
+
+
+def even_experts(num_tokens: int, num_experts: int) -> torch.Tensor:
+    """Exactly T/K tokens per expert, in a shuffled order."""
+    gen = torch.Generator().manual_seed(SEED + num_experts)
+    return (torch.arange(num_tokens) % num_experts)[torch.randperm(num_tokens, generator=gen)]
 
 
 @dataclass
@@ -440,7 +448,7 @@ def markdown_table(rows: Sequence[Row]) -> str:
 
 def target_line(rows: Sequence[Row]) -> str:
     head = f'target: HASH >= {TARGET_RATIO}x dense at K={TARGET_K}, T={TARGET_T}'
-    hits = [r for r in rows if r.K == TARGET_K and r.T == TARGET_T]
+    hits = [r for r in rows if r.K == TARGET_K and r.T == TARGET_T and r.table != 'even']
     if not hits:
         return f'{head}: not measured in this run (it is in the default grid).'
     verdicts = [
@@ -497,7 +505,7 @@ def make_variants(
     variants = [Variant('DENSE', partial(dense_step, dense, x, grad), [dense])]
     for table, e in experts.items():
         variants.append(Variant(f'HASH/{table}', partial(hash_step, moe, x, e, grad), [moe]))
-        if table == 'random' or loop_balanced:
+        if table == 'random' or (table == 'balanced' and loop_balanced):
             variants.append(Variant(f'LOOP/{table}', partial(loop_step, loop, x, e, grad), [loop]))
     return variants
 
@@ -514,6 +522,7 @@ def run_config(
     dense, moe, loop = modules
     T = batch.tokens.numel()
     experts = {name: table[batch.tokens] for name, table in tables.items()}
+    experts['even'] = even_experts(T, K)
     t0 = time.perf_counter()
     # Warm-up: one untimed call per variant; HASH and LOOP double as the check.
     clear_grads([dense], batch.x)
@@ -568,8 +577,10 @@ def footer(args: argparse.Namespace, rows: Sequence[Row], elapsed_s: float) -> s
         f'{args.rerun_calls} calls re-run, {args.rerun_spent_s:.0f} s spent on re-runs and waits'
     )
     text = (
-        'Ratios are DENSE median / variant median in the same (K, T); both table rows of a '
-        f'(K, T) share one DENSE measurement. {bg}. Total {elapsed_s:.0f} s.'
+        'Ratios are DENSE median / variant median in the same (K, T); all table rows of a '
+        f'(K, T) share one DENSE measurement. Tokens are Zipf (s=1) over {VOCAB} ids; '
+        "'even' gives every expert exactly T/K tokens (no table: the best case for any "
+        f'router). {bg}. Total {elapsed_s:.0f} s.'
     )
     noisy = [r for r in rows if r.noisy_calls]
     if noisy:
