@@ -6,9 +6,11 @@ ParlAI finds ``-m NAME`` as ``parlai.agents.NAME.NAME``. A ``.pth`` file runs
 neither torch nor ParlAI. The finder
 
 * aliases ``parlai.agents.<ours>[.sub]`` to ``parlai_hash.agents.<ours>[.sub]``
-  (the same module object, so classes are not duplicated), and
-* runs ``parlai_hash.compat`` fixes right after the ParlAI modules they repair
-  are imported.
+  and ``parlai.tasks.<ours>`` to ``parlai_hash.tasks.<ours>`` (the same module
+  object, so classes are not duplicated), and
+* runs a hook right after some ParlAI modules are imported: the
+  ``parlai_hash.compat`` fixes, and the registration of our ``parlai <command>``
+  scripts when ParlAI sets up its script registry.
 """
 
 from __future__ import annotations
@@ -19,13 +21,25 @@ import importlib.util
 import sys
 from typing import Optional
 
-#: ParlAI package path -> our package path. Only names ParlAI itself lacks.
+#: ParlAI package path -> our package path. Only names ParlAI itself lacks; a
+#: target that does not exist (yet) is simply not found.
 ALIASES = {
     'parlai.agents.hash_generator': 'parlai_hash.agents.hash_generator',
+    'parlai.agents.switch_generator': 'parlai_hash.agents.switch_generator',
+    'parlai.agents.base_generator': 'parlai_hash.agents.base_generator',
+    'parlai.tasks.pushshift_reddit': 'parlai_hash.tasks.pushshift_reddit',
+    'parlai.tasks.wikitext103': 'parlai_hash.tasks.wikitext103',
+    'parlai.tasks.bst': 'parlai_hash.tasks.bst',
 }
 
-#: Must match ``parlai_hash.compat.FIXES`` (kept here so start-up imports nothing).
-PATCHED_MODULES = frozenset({'parlai.nn.lr_scheduler', 'parlai.core.dict'})
+#: ParlAI module -> "our_module:function(name, module)" run right after it is
+#: imported. Strings, so that start-up imports nothing. The compat entries must
+#: match ``parlai_hash.compat.FIXES`` (a test checks).
+AFTER_IMPORT = {
+    'parlai.nn.lr_scheduler': 'parlai_hash.compat:patch_module',
+    'parlai.core.dict': 'parlai_hash.compat:patch_module',
+    'parlai.core.script': 'parlai_hash.scripts:extend_registry',
+}
 
 
 def alias_target(fullname: str) -> Optional[str]:
@@ -51,7 +65,9 @@ class _AliasLoader(importlib.abc.Loader):
         module.__spec__ = self.real_spec
 
 
-class _PatchingLoader(importlib.abc.Loader):
+class _AfterImportLoader(importlib.abc.Loader):
+    """Wraps a ParlAI module's own loader and runs our hook after it."""
+
     def __init__(self, loader, name: str):
         self.loader = loader
         self.name = name
@@ -61,9 +77,8 @@ class _PatchingLoader(importlib.abc.Loader):
 
     def exec_module(self, module):
         self.loader.exec_module(module)
-        from parlai_hash import compat
-
-        compat.patch_module(self.name, module)
+        target, func = AFTER_IMPORT[self.name].split(':')
+        getattr(importlib.import_module(target), func)(self.name, module)
 
     def __getattr__(self, attr):
         return getattr(self.loader, attr)
@@ -83,13 +98,13 @@ class ParlaiHashFinder(importlib.abc.MetaPathFinder):
                 _AliasLoader(aliased),
                 is_package=real.submodule_search_locations is not None,
             )
-        if fullname in PATCHED_MODULES:
+        if fullname in AFTER_IMPORT:
             for finder in sys.meta_path:
                 if finder is self or not hasattr(finder, 'find_spec'):
                     continue
                 spec = finder.find_spec(fullname, path, target)
                 if spec is not None:
-                    spec.loader = _PatchingLoader(spec.loader, fullname)
+                    spec.loader = _AfterImportLoader(spec.loader, fullname)
                     return spec
         return None
 
