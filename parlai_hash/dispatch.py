@@ -122,6 +122,26 @@ ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 }
 
 
+def _init_expert_weights(w1, b1, w2, b2, dim: int, dim_hidden: int) -> None:
+    """Per expert, what TransformerFFN does: xavier weights (fans of the full
+    ``d x D`` matrices, also for MultiHash segments) and nn.Linear's biases."""
+    with torch.no_grad():
+        bound = math.sqrt(6.0 / (dim + dim_hidden))
+        w1.uniform_(-bound, bound)
+        w2.uniform_(-bound, bound)
+        b1.uniform_(-1 / math.sqrt(dim), 1 / math.sqrt(dim))
+        b2.uniform_(-1 / math.sqrt(dim_hidden), 1 / math.sqrt(dim_hidden))
+
+
+def _activation(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    if name not in ACTIVATIONS:
+        raise ValueError(
+            f"--activation {name!r} is not supported by expert layers; "
+            f"use one of {sorted(ACTIVATIONS)}"
+        )
+    return ACTIVATIONS[name]
+
+
 class ExpertFFN(nn.Module):
     """K feed-forward experts with stacked weights ``[K, d, D]`` and ``[K, D, d]``.
 
@@ -138,15 +158,10 @@ class ExpertFFN(nn.Module):
         activation: str = 'relu',
     ):
         super().__init__()
-        if activation not in ACTIVATIONS:
-            raise ValueError(
-                f"--activation {activation!r} is not supported by expert layers; "
-                f"use one of {sorted(ACTIVATIONS)}"
-            )
         self.num_experts = num_experts
         self.dim = dim
         self.dim_hidden = dim_hidden
-        self.nonlinear = ACTIVATIONS[activation]
+        self.nonlinear = _activation(activation)
         self.relu_dropout = nn.Dropout(p=relu_dropout)
         self.expert_w1 = nn.Parameter(torch.empty(num_experts, dim, dim_hidden))
         self.expert_b1 = nn.Parameter(torch.empty(num_experts, dim_hidden))
@@ -155,15 +170,8 @@ class ExpertFFN(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        # Per expert, exactly what TransformerFFN does: xavier weights and
-        # nn.Linear's default uniform biases.
-        for w in (self.expert_w1, self.expert_w2):
-            bound = math.sqrt(6.0 / (w.shape[1] + w.shape[2]))
-            nn.init.uniform_(w, -bound, bound)
-        nn.init.uniform_(self.expert_b1, -1 / math.sqrt(self.dim), 1 / math.sqrt(self.dim))
-        nn.init.uniform_(
-            self.expert_b2, -1 / math.sqrt(self.dim_hidden), 1 / math.sqrt(self.dim_hidden)
-        )
+        _init_expert_weights(self.expert_w1, self.expert_b1, self.expert_w2, self.expert_b2,
+                             self.dim, self.dim_hidden)
 
     def forward_sorted(self, x_sorted: torch.Tensor, counts: List[int]) -> torch.Tensor:
         """Run the experts on rows already sorted by expert."""
@@ -180,3 +188,58 @@ class ExpertFFN(nn.Module):
         flat = x.reshape(-1, self.dim)
         y = self.forward_sorted(flat.index_select(0, plan.order), plan.counts)
         return y.index_select(0, plan.inverse).reshape(shape)
+
+
+class MultiHashExpertFFN(nn.Module):
+    """MultiHash (paper, section 3.2): N hashes, each picking one of K copies of a segment.
+
+    The first matrix is split by columns into N segments ``A_m: d -> D/N``; the
+    second into N segments ``B_m: D -> d/N``. Hash m picks which of the K copies
+    of segment m a token uses; the N hidden parts are concatenated (``D``) and
+    every ``B_m`` reads that whole hidden vector, so the N outputs (``d/N`` each)
+    concatenate to ``d``. Reading ``B_m`` as ``D -> d/N`` (not ``D/N -> d/N``)
+    is what keeps the parameters equal to K full experts, as the paper states:
+    ``K·(d·D + D·d)`` weights and ``K·(D + d)`` biases. Each segment's copies
+    are one stacked parameter, e.g. ``expert_w1.0: [K, d, D/N]``.
+    """
+
+    def __init__(
+        self,
+        num_hashes: int,
+        num_experts: int,
+        dim: int,
+        dim_hidden: int,
+        relu_dropout: float = 0.0,
+        activation: str = 'relu',
+    ):
+        super().__init__()
+        self.num_hashes = num_hashes
+        self.num_experts = num_experts
+        self.dim = dim
+        self.dim_hidden = dim_hidden
+        self.nonlinear = _activation(activation)
+        self.relu_dropout = nn.Dropout(p=relu_dropout)
+        n, k, h, o = num_hashes, num_experts, dim_hidden // num_hashes, dim // num_hashes
+        self.expert_w1 = nn.ParameterList(nn.Parameter(torch.empty(k, dim, h)) for _ in range(n))
+        self.expert_b1 = nn.ParameterList(nn.Parameter(torch.empty(k, h)) for _ in range(n))
+        self.expert_w2 = nn.ParameterList(nn.Parameter(torch.empty(k, dim_hidden, o)) for _ in range(n))
+        self.expert_b2 = nn.ParameterList(nn.Parameter(torch.empty(k, o)) for _ in range(n))
+        for m in range(n):
+            _init_expert_weights(self.expert_w1[m], self.expert_b1[m], self.expert_w2[m],
+                                 self.expert_b2[m], dim, dim_hidden)
+
+    def forward(self, x: torch.Tensor, plans: List[DispatchPlan]) -> torch.Tensor:
+        """``x``: ``[..., d]``; ``plans[m]`` routes the rows for hash m."""
+        shape = x.shape
+        flat = x.reshape(-1, self.dim)
+
+        def segment(inp, weights, biases, m):
+            plan = plans[m]
+            out = grouped_linear(inp.index_select(0, plan.order), weights[m], biases[m], plan.counts)
+            return out.index_select(0, plan.inverse)
+
+        n = self.num_hashes
+        h = torch.cat([segment(flat, self.expert_w1, self.expert_b1, m) for m in range(n)], -1)
+        h = self.relu_dropout(self.nonlinear(h))
+        y = torch.cat([segment(h, self.expert_w2, self.expert_b2, m) for m in range(n)], -1)
+        return y.reshape(shape)

@@ -20,7 +20,8 @@ from parlai.agents.transformer.modules import (
 from parlai.nn.checkpoint import checkpoint_wrapper
 from parlai.utils.fsdp import fsdp_wrap
 
-from parlai_hash.dispatch import DispatchPlan, ExpertFFN
+from parlai_hash.dispatch import DispatchPlan, ExpertFFN, MultiHashExpertFFN
+from parlai_hash.errors import OptionError
 from parlai_hash.routing import RoutingContext
 
 #: Builds a router for the sparse layer named e.g. ``dec7``.
@@ -40,13 +41,27 @@ class SparseFFN(nn.Module):
         dim_hidden: int,
         relu_dropout: float = 0.0,
         activation: str = 'relu',
+        num_hashes: int = 1,
         **kwargs,
     ):
         super().__init__()
         self.name = name
         self.num_experts = num_experts
+        self.num_hashes = num_hashes
         self.router = router
-        self.experts = ExpertFFN(num_experts, dim, dim_hidden, relu_dropout, activation)
+        if num_hashes == 1:
+            self.experts = ExpertFFN(num_experts, dim, dim_hidden, relu_dropout, activation)
+        else:
+            for size, what in ((dim, '--embedding-size'), (dim_hidden, '--ffn-size')):
+                if size % num_hashes:
+                    raise OptionError(
+                        '--multihash',
+                        f"{num_hashes} hashes do not divide {what} {size}",
+                        f"pick a number of hashes that divides both {what} and the other size",
+                    )
+            self.experts = MultiHashExpertFFN(
+                num_hashes, num_experts, dim, dim_hidden, relu_dropout, activation
+            )
         self.routing: Optional[RoutingContext] = None  # bound by the owning stack
         self.last_load: Optional[torch.Tensor] = None  # tokens per expert, last forward
 
@@ -54,22 +69,31 @@ class SparseFFN(nn.Module):
         if self.routing is None:
             raise RuntimeError(f"{self.name}: no routing context was bound before forward")
         experts = self.router(self.routing, x)
-        if experts.shape != x.shape[:-1]:
+        expected = x.shape[:-1] if self.num_hashes == 1 else (*x.shape[:-1], self.num_hashes)
+        if tuple(experts.shape) != tuple(expected):
             raise RuntimeError(
                 f"{self.name}: router gave {tuple(experts.shape)} ids for "
-                f"{tuple(x.shape[:-1])} tokens"
+                f"{tuple(expected)} routes"
             )
         # Padding is not computed: its FFN output is 0 and the residual carries it.
         real = self.routing.mask
         with torch.no_grad():
+            # MultiHash: every hash's choices count towards its expert's load.
             self.last_load = torch.bincount(
-                experts[real], minlength=self.num_experts
+                experts[real].reshape(-1), minlength=self.num_experts
             ).cpu()
-        plan = DispatchPlan.from_experts(experts, self.num_experts, keep=real)
-        return self.experts(x, plan)
+        if self.num_hashes == 1:
+            return self.experts(x, DispatchPlan.from_experts(experts, self.num_experts, keep=real))
+        plans = [
+            DispatchPlan.from_experts(experts[..., m], self.num_experts, keep=real)
+            for m in range(self.num_hashes)
+        ]
+        return self.experts(x, plans)
 
 
-def sparse_ffn_builder(name: str, num_experts: int, router_factory: RouterFactory):
+def sparse_ffn_builder(
+    name: str, num_experts: int, router_factory: RouterFactory, num_hashes: int = 1
+):
     """A ``feedforward=`` swappable constructor for one sparse layer."""
 
     def build(opt, dim=None, dim_hidden=None, relu_dropout=0.0, activation='relu', **kw):
@@ -82,6 +106,7 @@ def sparse_ffn_builder(name: str, num_experts: int, router_factory: RouterFactor
             dim_hidden=dim_hidden or opt['ffn_size'],
             relu_dropout=relu_dropout,
             activation=activation,
+            num_hashes=num_hashes,
         )
 
     return build
@@ -114,6 +139,7 @@ class SparseTransformerDecoder(_SparseStack, TransformerDecoder):
         self._sparse_builders = dict(sparse_builders)  # read by build_layer in super().__init__
         super().__init__(*args, **kwargs)
         self.forced_labels: Optional[torch.Tensor] = None  # set during decode_forced
+        self.predictor: Optional["FrozenPredictor"] = None  # not a submodule: the model owns it
 
     def build_layer(self, index: int):
         return self._layer_class(index)(
@@ -132,8 +158,11 @@ class SparseTransformerDecoder(_SparseStack, TransformerDecoder):
             ctx = RoutingContext.incremental(input, self.pad_idx)
         else:
             ctx = RoutingContext.full(input, self.pad_idx, self.forced_labels)
+        if len(encoder_state) == 3:  # a frozen baseline rides along (predicted hashing)
+            *encoder_state, predictor_state = encoder_state
+            ctx.predicted_next = self.predictor.predict_next(input, predictor_state)[:, ctx.offset :]
         self.bind_routing(ctx)
-        return super().forward(input, encoder_state, incr_state, **kwargs)
+        return super().forward(input, tuple(encoder_state), incr_state, **kwargs)
 
 
 class SparseTransformerEncoder(_SparseStack, TransformerEncoder):
@@ -142,6 +171,7 @@ class SparseTransformerEncoder(_SparseStack, TransformerEncoder):
     def __init__(self, *args, sparse_builders: Mapping[int, Callable], **kwargs):
         self._sparse_builders = dict(sparse_builders)
         super().__init__(*args, **kwargs)
+        self.predictor: Optional["FrozenPredictor"] = None  # not a submodule: the model owns it
 
     def build_layers(self) -> nn.ModuleList:
         layers = nn.ModuleList()
@@ -160,8 +190,46 @@ class SparseTransformerEncoder(_SparseStack, TransformerEncoder):
         return layers
 
     def forward(self, input, positions=None, segments=None, **kwargs):
-        self.bind_routing(RoutingContext.full(input, self.padding_idx))
-        return super().forward(input, positions, segments, **kwargs)
+        self.bind_routing(RoutingContext.encoder(input, self.padding_idx))
+        states = super().forward(input, positions, segments, **kwargs)
+        if self.predictor is not None:
+            states = (*states, self.predictor.encode(input))
+        return states
+
+
+class FrozenPredictor(nn.Module):
+    """A frozen baseline generator whose argmax next token drives ``predicted`` hashing.
+
+    It is never trained, never in train mode, and never saved into our
+    checkpoint (``--hash-predictor-model-file`` is loaded again instead).
+    """
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self.model.eval()
+
+    def train(self, mode: bool = True):
+        return super().train(False)
+
+    @torch.no_grad()
+    def encode(self, tokens: torch.Tensor):
+        return self.model.encoder(tokens)
+
+    @torch.no_grad()
+    def predict_next(self, decoder_input: torch.Tensor, encoder_state) -> torch.Tensor:
+        """``[B, L]``: argmax next token after every prefix of ``decoder_input``.
+
+        Always a full pass over the prefix (no incremental state to keep in
+        step with beam reordering): exact in every decoding mode.
+        """
+        latent, _ = self.model.decoder(decoder_input, encoder_state)
+        return self.model.output(latent).argmax(dim=-1)
+
+    def reorder(self, encoder_state, indices):
+        return self.model.reorder_encoder_states(encoder_state, indices)
 
 
 class SparseTransformerModel(TransformerGeneratorModel):
@@ -176,10 +244,11 @@ class SparseTransformerModel(TransformerGeneratorModel):
         decoder_layers,
         encoder_layers,
         router_factory: RouterFactory,
+        num_hashes: int = 1,
     ) -> "SparseTransformerModel":
         def builders(prefix, layers):
             return {
-                i: sparse_ffn_builder(f'{prefix}{i}', num_experts, router_factory)
+                i: sparse_ffn_builder(f'{prefix}{i}', num_experts, router_factory, num_hashes)
                 for i in layers
             }
 
@@ -192,6 +261,24 @@ class SparseTransformerModel(TransformerGeneratorModel):
             ),
         )(opt, dictionary)
 
+    def attach_predictor(self, model: nn.Module) -> None:
+        """Give ``predicted`` routers a frozen baseline (kept out of checkpoints)."""
+        self.predictor = FrozenPredictor(model)
+        # Plain references: registering it under encoder/decoder too would save it.
+        object.__setattr__(self.encoder, 'predictor', self.predictor)
+        object.__setattr__(self.decoder, 'predictor', self.predictor)
+        self._register_state_dict_hook(_drop_predictor_keys)
+        self.register_load_state_dict_post_hook(_ignore_missing_predictor_keys)
+
+    def reorder_encoder_states(self, encoder_states, indices):
+        if len(encoder_states) == 3:
+            enc, mask, pred = encoder_states
+            enc, mask = super().reorder_encoder_states((enc, mask), indices)
+            if not torch.is_tensor(indices):
+                indices = torch.LongTensor(indices).to(enc.device)
+            return enc, mask, self.predictor.reorder(pred, indices)
+        return super().reorder_encoder_states(encoder_states, indices)
+
     def sparse_ffns(self) -> Dict[str, SparseFFN]:
         return {m.name: m for m in self.modules() if isinstance(m, SparseFFN)}
 
@@ -203,3 +290,13 @@ class SparseTransformerModel(TransformerGeneratorModel):
             return super().decode_forced(encoder_states, ys)
         finally:
             self.decoder.forced_labels = None
+
+
+def _drop_predictor_keys(module, state_dict, prefix, local_metadata):
+    for key in [k for k in state_dict if k.startswith(prefix + 'predictor.')]:
+        del state_dict[key]
+
+
+def _ignore_missing_predictor_keys(module, incompatible_keys):
+    missing = incompatible_keys.missing_keys
+    missing[:] = [k for k in missing if not k.startswith('predictor.')]

@@ -78,7 +78,7 @@ def test_incremental_decoding_equals_full_forward(agent):
     with torch.no_grad():
         enc = model.encoder(batch.text_vec)
         full = model.output(model.decoder(ys, enc)[0])
-        table = model.decoder.layers[2].ffn.router.table
+        table = model.decoder.layers[2].ffn.router.table[0]
         incr = None
         for t in range(ys.size(1)):
             latent, incr = model.decoder(ys[:, : t + 1], enc, incr)
@@ -171,7 +171,7 @@ def test_checkpoint_with_other_vocabulary_size_names_the_option(trained):
     mf, _ = trained
     a = create_agent_from_model_file(str(mf))
     state = {k: v.clone() for k, v in a.model.state_dict().items()}
-    state['decoder.layers.0.ffn.router.table'] = state['decoder.layers.0.ffn.router.table'][:-3]
+    state['decoder.layers.0.ffn.router.table'] = state['decoder.layers.0.ffn.router.table'][:, :-3]
     with pytest.raises(OptionError, match='^--dict-file'):
         a.load_state_dict(state)
 

@@ -5,7 +5,11 @@ import torch
 
 from parlai_hash.errors import OptionError
 from parlai_hash.metrics import expert_load
-from parlai_hash.routing import HASH_TYPES, HashRouter, RoutingContext, make_hash_function
+from parlai_hash.routing import HASH_TYPES, HashRouter, RoutingContext, TableInputs, make_hash_function
+
+
+def inputs(vocab, counts=None, n_positions=64):
+    return TableInputs(vocab_size=vocab, n_positions=n_positions, token_counts=counts)
 
 
 def zipf_counts(vocab=5000, seed=0):
@@ -24,9 +28,9 @@ def test_registry_has_foundation_types():
 
 
 def test_random_table_is_seeded_and_in_range():
-    a = make_hash_function('random', 16, seed=1).build_table(1000, None)
-    b = make_hash_function('random', 16, seed=1).build_table(1000, None)
-    c = make_hash_function('random', 16, seed=2).build_table(1000, None)
+    a = make_hash_function('random', 16, seed=1).build_table(inputs(1000))
+    b = make_hash_function('random', 16, seed=1).build_table(inputs(1000))
+    c = make_hash_function('random', 16, seed=2).build_table(inputs(1000))
     assert torch.equal(a, b) and not torch.equal(a, c)
     assert a.min() >= 0 and a.max() < 16 and a.shape == (1000,)
     assert len(set(a.tolist())) == 16
@@ -35,8 +39,8 @@ def test_random_table_is_seeded_and_in_range():
 def test_balanced_is_more_even_than_random_on_zipf():
     counts = zipf_counts()
     k = 32
-    balanced = make_hash_function('balanced', k, 0).build_table(len(counts), counts)
-    random = make_hash_function('random', k, 0).build_table(len(counts), None)
+    balanced = make_hash_function('balanced', k, 0).build_table(inputs(len(counts), counts))
+    random = make_hash_function('random', k, 0).build_table(inputs(len(counts)))
     lb, lr = table_load(balanced, counts, k), table_load(random, counts, k)
     assert lb['max'] < lr['max'] and lb['entropy'] > lr['entropy']
     # The top token alone is ~11% of traffic: no table can beat that bound.
@@ -46,13 +50,13 @@ def test_balanced_is_more_even_than_random_on_zipf():
 
 def test_balanced_spreads_unseen_tokens():
     # With no counts at all, ties break on token types: a perfect spread.
-    table = make_hash_function('balanced', 8, 0).build_table(1000, torch.zeros(1000))
+    table = make_hash_function('balanced', 8, 0).build_table(inputs(1000, torch.zeros(1000)))
     per_expert = torch.bincount(table, minlength=8)
     assert per_expert.max() - per_expert.min() <= 1
     # Unseen tokens go to the lightest experts, spread evenly among them.
     counts = torch.zeros(1000, dtype=torch.float64)
     counts[:10] = 5
-    table = make_hash_function('balanced', 8, 0).build_table(1000, counts)
+    table = make_hash_function('balanced', 8, 0).build_table(inputs(1000, counts))
     unseen = torch.bincount(table[10:], minlength=8)
     assert (unseen > 0).sum() == 6 and unseen.max() - unseen[unseen > 0].min() <= 1
 
@@ -63,14 +67,14 @@ def test_unknown_hash_type_names_the_option():
 
 
 def test_router_table_is_a_buffer_and_routes_current_tokens():
-    router = HashRouter('random', 4, vocab_size=50, seed=3)
+    router = HashRouter('random', 4, 3, HashRouter.build_tables('random', 4, 3, inputs(50)))
     assert 'table' in dict(router.named_buffers())
     assert 'table' in router.state_dict()
     history = torch.tensor([[1, 7, 9, 11], [1, 3, 0, 0]])
     full = router(RoutingContext.full(history, pad_idx=0))
-    assert torch.equal(full, router.table[history])
+    assert torch.equal(full, router.table[0][history])
     step = router(RoutingContext.incremental(history[:, :3], pad_idx=0))
-    assert torch.equal(step, router.table[history[:, 2:3]])
+    assert torch.equal(step, router.table[0][history[:, 2:3]])
 
 
 def test_context_in_incremental_mode():

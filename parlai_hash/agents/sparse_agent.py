@@ -74,6 +74,10 @@ class SparseGeneratorAgent(TransformerGeneratorAgent):
     def build_router(self, name: str) -> nn.Module:
         raise NotImplementedError
 
+    def _num_hashes(self) -> int:
+        """Routes per token (MultiHash overrides)."""
+        return 1
+
     def build_model(self, states=None):
         _check_positional_embeddings(self.opt)
         placement = SparsePlacement.from_opt(self.opt)
@@ -84,6 +88,7 @@ class SparseGeneratorAgent(TransformerGeneratorAgent):
             decoder_layers=placement.decoder_layers,
             encoder_layers=placement.encoder_layers,
             router_factory=self.build_router,
+            num_hashes=self._num_hashes(),
         )
         if self.opt['embedding_type'] != 'random':
             self._copy_embeddings(model.encoder.embeddings.weight, self.opt['embedding_type'])

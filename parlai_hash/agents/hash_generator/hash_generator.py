@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
-from typing import Optional
+import logging
+import os
+import zlib
+from typing import Dict, Optional
 
+import torch
 import torch.nn as nn
+from parlai.agents.transformer.modules import get_n_positions_from_options
 from parlai.core.opt import Opt
 from parlai.core.params import ParlaiParser
 
 from parlai_hash.agents.sparse_agent import SparseGeneratorAgent, dictionary_counts
-from parlai_hash.routing import HASH_TYPES, HashRouter
+from parlai_hash.errors import OptionError
+from parlai_hash.routing import HASH_TYPES, HashRouter, TableInputs, hash_function_class
+
+logger = logging.getLogger(__name__)
 
 
 class HashGeneratorAgent(SparseGeneratorAgent):
@@ -26,24 +34,154 @@ class HashGeneratorAgent(SparseGeneratorAgent):
             type=str,
             default='balanced',
             choices=sorted(HASH_TYPES),
-            help='How tokens map to experts: random (fixed random expert per token) '
-            'or balanced (greedy by training-data frequency, most frequent first).',
+            help='What each token is routed on: random/balanced (current token, random or '
+            'frequency-balanced table), bigram (previous and current token), previous '
+            '(previous token), position (its position), oracle (the next token: teacher '
+            'forcing only), predicted (a baseline\'s predicted next token), clustered / '
+            'dispersed (k-means clusters of a baseline\'s token embeddings).',
+        )
+        group.add_argument('--hash-seed', type=int, default=42, help='Seed of the hash tables.')
+        group.add_argument(
+            '--hash-per-layer',
+            type=str,
+            default='same',
+            choices=['same', 'different'],
+            help='With several sparse layers: one table for all (same) or an independent '
+            'table per layer (different, seeded per layer).',
         )
         group.add_argument(
-            '--hash-seed',
+            '--multihash',
             type=int,
-            default=42,
-            help='Seed of the random hash table.',
+            default=1,
+            help='MultiHash: N hashes, each picking one of K copies of 1/N of the FFN '
+            '(N must divide --embedding-size and --ffn-size). 1 = plain hash layer.',
+        )
+        group.add_argument(
+            '--hash-predictor-model-file',
+            type=str,
+            default=None,
+            help='For --hash-type predicted: a trained generator with the same dictionary; '
+            'its argmax next token is hashed. Frozen, and loaded again (not saved) on reload.',
+        )
+        group.add_argument(
+            '--hash-cluster-model-file',
+            type=str,
+            default=None,
+            help='For --hash-type clustered/dispersed: a trained model with the same dictionary '
+            'whose token embeddings are clustered (k-means, K clusters). Needed only to build '
+            'the table; a reloaded model uses its saved table.',
         )
         return parser
 
+    # ------------------------------------------------------------ building
+
+    def build_model(self, states=None):
+        opt = self.opt
+        function = hash_function_class(opt['hash_type'])
+        if opt['multihash'] < 1:
+            raise OptionError('--multihash', f"got {opt['multihash']}", "use 1 (no MultiHash) or more")
+        if not function.generatable and (opt.get('interactive_mode') or not opt.get('skip_generation')):
+            raise OptionError(
+                '--hash-type',
+                f"{opt['hash_type']} routes on the next token, known only under teacher forcing, "
+                "so it cannot generate (interactive, beam search, --skip-generation false)",
+                "train and evaluate it with --skip-generation true (it is an upper-bound analysis)",
+            )
+        self._tables: Dict[int, torch.Tensor] = {}
+        self._table_inputs: Optional[TableInputs] = None
+        self._tables_from_checkpoint = self._checkpoint_has_router_tables()
+        model = super().build_model(states)
+        if function.needs_predictor:
+            model.attach_predictor(self._load_predictor())
+        return model
+
+    def _num_hashes(self) -> int:
+        return self.opt['multihash']
+
     def build_router(self, name: str) -> nn.Module:
-        counts = dictionary_counts(self.dict) if self.opt['hash_type'] == 'balanced' else None
-        return HashRouter(
-            self.opt['hash_type'],
-            self.opt['num_experts'],
-            vocab_size=len(self.dict),
-            seed=self.opt['hash_seed'],
-            token_counts=counts,
-            name=name,
+        seed = self._layer_seed(name)
+        if seed not in self._tables:
+            self._tables[seed] = self._make_tables(seed, name)
+        return HashRouter(self.opt['hash_type'], self.opt['num_experts'], seed, self._tables[seed])
+
+    def _layer_seed(self, name: str) -> int:
+        seed = self.opt['hash_seed']
+        if self.opt['hash_per_layer'] == 'different':
+            seed += zlib.crc32(name.encode()) % 100_003
+        return seed
+
+    def _make_tables(self, seed: int, name: str) -> torch.Tensor:
+        hash_type, k, n = self.opt['hash_type'], self.opt['num_experts'], self._num_hashes()
+        inputs = self._inputs()
+        if self._tables_from_checkpoint:
+            return HashRouter.placeholder_tables(hash_type, k, inputs, n)
+        tables = HashRouter.build_tables(hash_type, k, seed, inputs, n)
+        router = HashRouter(hash_type, k, seed, tables)
+        logger.info(router.describe(name, inputs.token_counts))
+        return tables
+
+    def _inputs(self) -> TableInputs:
+        """What table builders need, loaded only for the types that use it."""
+        if self._table_inputs is None:
+            function = hash_function_class(self.opt['hash_type'])
+            building = not self._tables_from_checkpoint
+            self._table_inputs = TableInputs(
+                vocab_size=len(self.dict),
+                n_positions=get_n_positions_from_options(self.opt),
+                token_counts=dictionary_counts(self.dict),
+                embeddings=self._cluster_embeddings() if building and function.needs_embeddings else None,
+            )
+        return self._table_inputs
+
+    def _checkpoint_has_router_tables(self) -> bool:
+        """Will load_state_dict fill our tables? Then building them is wasted work."""
+        path, _ = self._get_init_model(self.opt, None)
+        if path is None or not os.path.isfile(path):
+            return False
+        try:
+            state = torch.load(path, map_location='cpu', mmap=True, weights_only=False)
+        except RuntimeError:
+            state = torch.load(path, map_location='cpu', weights_only=False)
+        return any(k.endswith('router.table') for k in state.get('model', {}))
+
+    def _cluster_embeddings(self) -> torch.Tensor:
+        path = self._existing_file('--hash-cluster-model-file', self.opt.get('hash_cluster_model_file'))
+        state = torch.load(path, map_location='cpu', weights_only=False)
+        emb = state.get('model', {}).get('embeddings.weight')
+        if emb is None:
+            raise OptionError(
+                '--hash-cluster-model-file',
+                f"{path} has no token embeddings (model key embeddings.weight)",
+                "point it at a trained ParlAI transformer model file",
+            )
+        self._check_vocab('--hash-cluster-model-file', emb.shape[0])
+        return emb
+
+    def _load_predictor(self) -> nn.Module:
+        from parlai.core.agents import create_agent_from_model_file
+
+        path = self._existing_file(
+            '--hash-predictor-model-file', self.opt.get('hash_predictor_model_file')
         )
+        baseline = create_agent_from_model_file(path, {'datapath': self.opt.get('datapath')})
+        self._check_vocab('--hash-predictor-model-file', len(baseline.dict))
+        return baseline.model
+
+    def _existing_file(self, option: str, path: Optional[str]) -> str:
+        if not path:
+            raise OptionError(
+                option,
+                f"--hash-type {self.opt['hash_type']} needs a trained baseline model",
+                f"pass {option} /path/to/model (a generator trained with the same dictionary)",
+            )
+        if not os.path.isfile(path):
+            raise OptionError(option, f"{path} does not exist", "give the path of a trained model file")
+        return path
+
+    def _check_vocab(self, option: str, size: int) -> None:
+        if size != len(self.dict):
+            raise OptionError(
+                option,
+                f"its dictionary has {size} tokens but this model's has {len(self.dict)}",
+                "train the baseline with the same --dict-file",
+            )
