@@ -134,6 +134,11 @@ def test_types_without_their_baseline_name_the_option(tmp_path, baseline, hash_t
         hash_agent(tmp_path, baseline, hash_type, **{option: value})
 
 
+def test_predicted_in_the_encoder_names_the_option(tmp_path, baseline):
+    with pytest.raises(OptionError, match='^--hash-encoder-layers'):
+        hash_agent(tmp_path, baseline, 'predicted', hash_encoder_layers='1')
+
+
 def test_predicted_baseline_is_frozen_and_not_trained(tmp_path, baseline):
     agent = hash_agent(tmp_path, baseline, 'predicted')
     predictor_params = list(agent.model.predictor.parameters())

@@ -87,6 +87,13 @@ class HashGeneratorAgent(SparseGeneratorAgent):
                 "so it cannot generate (interactive, beam search, --skip-generation false)",
                 "train and evaluate it with --skip-generation true (it is an upper-bound analysis)",
             )
+        if function.needs_predictor and str(opt.get('hash_encoder_layers') or '').strip():
+            raise OptionError(
+                '--hash-encoder-layers',
+                "predicted hashing predicts the decoder's next token, so it has nothing to "
+                "route on in the encoder",
+                "leave --hash-encoder-layers empty, or use another --hash-type",
+            )
         self._tables: Dict[int, torch.Tensor] = {}
         self._table_inputs: Optional[TableInputs] = None
         self._tables_from_checkpoint = self._checkpoint_has_router_tables()
