@@ -22,7 +22,7 @@ from parlai.utils.fsdp import fsdp_wrap
 
 from parlai_hash.dispatch import DispatchPlan, ExpertFFN, MultiHashExpertFFN
 from parlai_hash.errors import OptionError
-from parlai_hash.routing import RoutingContext
+from parlai_hash.routing import Route, RoutingContext
 
 #: Builds a router for the sparse layer named e.g. ``dec7``.
 RouterFactory = Callable[[str], nn.Module]
@@ -64,31 +64,41 @@ class SparseFFN(nn.Module):
             )
         self.routing: Optional[RoutingContext] = None  # bound by the owning stack
         self.last_load: Optional[torch.Tensor] = None  # tokens per expert, last forward
+        self.last_route: Optional[Route] = None  # aux loss and stats of the last forward
 
     def forward(self, x: torch.Tensor, **kwargs) -> torch.Tensor:
         if self.routing is None:
             raise RuntimeError(f"{self.name}: no routing context was bound before forward")
-        experts = self.router(self.routing, x)
+        decided = self.router(self.routing, x)
+        route = decided if isinstance(decided, Route) else Route(experts=decided)
+        experts = route.experts
         expected = x.shape[:-1] if self.num_hashes == 1 else (*x.shape[:-1], self.num_hashes)
         if tuple(experts.shape) != tuple(expected):
             raise RuntimeError(
                 f"{self.name}: router gave {tuple(experts.shape)} ids for "
                 f"{tuple(expected)} routes"
             )
-        # Padding is not computed: its FFN output is 0 and the residual carries it.
+        # Padding and tokens over capacity are not computed: their FFN output
+        # is 0 and the residual carries them.
         real = self.routing.mask
+        keep = real if route.keep is None else real & route.keep
         with torch.no_grad():
             # MultiHash: every hash's choices count towards its expert's load.
             self.last_load = torch.bincount(
                 experts[real].reshape(-1), minlength=self.num_experts
             ).cpu()
+        self.last_route = route
         if self.num_hashes == 1:
-            return self.experts(x, DispatchPlan.from_experts(experts, self.num_experts, keep=real))
-        plans = [
-            DispatchPlan.from_experts(experts[..., m], self.num_experts, keep=real)
-            for m in range(self.num_hashes)
-        ]
-        return self.experts(x, plans)
+            y = self.experts(x, DispatchPlan.from_experts(experts, self.num_experts, keep=keep))
+        else:
+            plans = [
+                DispatchPlan.from_experts(experts[..., m], self.num_experts, keep=keep)
+                for m in range(self.num_hashes)
+            ]
+            y = self.experts(x, plans)
+        if route.gates is not None:
+            y = y * route.gates.unsqueeze(-1)
+        return y
 
 
 def sparse_ffn_builder(

@@ -10,6 +10,7 @@ from parlai.agents.transformer.transformer import (
     TransformerGeneratorAgent,
     _check_positional_embeddings,
 )
+from parlai.core.metrics import AverageMetric
 from parlai.core.opt import Opt
 from parlai.core.params import ParlaiParser
 
@@ -100,11 +101,25 @@ class SparseGeneratorAgent(TransformerGeneratorAgent):
 
     def compute_loss(self, batch, return_output=False):
         out = super().compute_loss(batch, return_output=return_output)
+        loss, output = out if return_output else (out, None)
+        aux_total = None
         for name, ffn in self._sparse_ffns().items():
             if ffn.last_load is not None:
                 for key, metric in load_metrics(name, ffn.last_load).items():
                     self.global_metrics.add(key, metric)
-        return out
+            route = ffn.last_route
+            if route is None:
+                continue
+            for stat, value in route.stats.items():
+                self.global_metrics.add(f'{name}_{stat}', AverageMetric(value))
+            if route.aux_loss is not None:
+                aux_total = route.aux_loss if aux_total is None else aux_total + route.aux_loss
+        if aux_total is not None:
+            # Its own metric: loss and ppl stay the language-model numbers,
+            # comparable with hash models; only the optimised loss includes it.
+            self.global_metrics.add('lb_loss', AverageMetric(float(aux_total)))
+            loss = loss + aux_total.to(loss.dtype)
+        return (loss, output) if return_output else loss
 
     def load_state_dict(self, state_dict):
         own = self.model.state_dict()

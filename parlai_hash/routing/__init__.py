@@ -1,6 +1,7 @@
 """Routing: which expert each token goes to.
 
-Hash routing (``HashRouter`` with the ``HASH_TYPES`` registry) lives here;
+Hash routing (``HashRouter`` with the ``HASH_TYPES`` registry), the learned
+Switch / Token Switch router and BASE layers' balanced assignment live here;
 moving tokens to experts is ``parlai_hash.dispatch``'s job.
 """
 
@@ -12,6 +13,10 @@ from parlai_hash.routing.hash_functions import (
     register_hash,
 )
 from parlai_hash.routing.hash_router import HashRouter, hash_function_class, make_hash_function
+from parlai_hash.routing.assignment import balanced_assignment
+from parlai_hash.routing.base_router import BaseRouter
+from parlai_hash.routing.route import Route
+from parlai_hash.routing.switch_router import SwitchRouter, load_balancing_loss
 
 __all__ = [
     'RoutingContext',
@@ -22,4 +27,9 @@ __all__ = [
     'hash_function_class',
     'HashRouter',
     'make_hash_function',
+    'balanced_assignment',
+    'BaseRouter',
+    'Route',
+    'SwitchRouter',
+    'load_balancing_loss',
 ]

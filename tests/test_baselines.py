@@ -1,0 +1,216 @@
+"""Switch, Token Switch and BASE: routers, losses, capacity, assignment, agents."""
+
+import pytest
+import torch
+from parlai.core.agents import create_agent, create_agent_from_model_file
+from parlai.core.params import ParlaiParser
+from scipy.optimize import linear_sum_assignment
+
+from parlai_hash.errors import OptionError
+from parlai_hash.layers import SparseFFN
+from parlai_hash.routing import (BaseRouter, RoutingContext, SwitchRouter, balanced_assignment,
+                                 load_balancing_loss)
+from parlai_hash.routing.assignment import expert_capacities
+from parlai_hash.routing.route import capacity_keep
+
+D, K, V = 8, 3, 30
+
+
+def ctx_for(tokens, pad=0):
+    return RoutingContext.full(tokens, pad)
+
+
+def test_load_balancing_loss_hand_computed():
+    probs = torch.tensor([[.7, .2, .1], [.1, .8, .1], [.6, .3, .1], [.2, .2, .6]])
+    experts = probs.argmax(-1)  # 0, 1, 0, 2 -> f = .5, .25, .25
+    # P = mean probs = .4, .375, .225; K * sum f*P = 3 * (.2 + .09375 + .05625) = 1.05
+    assert load_balancing_loss(probs, experts, 3).item() == pytest.approx(1.05)
+    uniform = torch.full((6, 3), 1 / 3)
+    assert load_balancing_loss(uniform, torch.tensor([0, 1, 2, 0, 1, 2]), 3).item() == pytest.approx(1.0)
+
+
+def test_capacity_keeps_first_tokens_of_each_expert_and_never_padding():
+    experts = torch.tensor([[0, 0, 0, 1, 0, 2, 0]])
+    real = torch.tensor([[True, True, True, True, True, True, False]])
+    keep = capacity_keep(experts, real, 3, capacity=2)
+    assert keep.tolist() == [[True, True, False, True, False, True, False]]
+
+
+def switch(**kw):
+    args = dict(dim=D, num_experts=K, vocab_size=V, capacity_factor=0.0)
+    args.update(kw)
+    return SwitchRouter(**args)
+
+
+def test_switch_router_gradients_flow_through_gates_and_loss():
+    torch.manual_seed(0)
+    ffn = SparseFFN({}, 'dec0', switch(), K, D, 16)
+    ffn.train()
+    tokens = torch.randint(1, V, (2, 5))
+    ffn.routing = ctx_for(tokens)
+    x = torch.randn(2, 5, D, requires_grad=True)
+    y = ffn(x)
+    (y.pow(2).sum() + ffn.last_route.aux_loss).backward()
+    assert ffn.router.router_weight.grad is not None
+    assert ffn.router.router_weight.grad.abs().sum() > 0
+    gate = ffn.last_route.gates
+    assert torch.all((gate > 0) & (gate <= 1))
+
+
+def test_switch_capacity_drops_are_counted_and_skip_the_ffn():
+    torch.manual_seed(1)
+    router = switch(capacity_factor=0.5)
+    router.train()
+    ffn = SparseFFN({}, 'dec0', router, K, D, 16)
+    ffn.train()
+    tokens = torch.randint(1, V, (1, 12))
+    ffn.routing = ctx_for(tokens)
+    x = torch.randn(1, 12, D)
+    y = ffn(x)
+    keep = ffn.last_route.keep
+    capacity = 2  # ceil(0.5 * 12 / 3)
+    assert int(keep.sum()) <= capacity * K
+    for e in range(K):
+        assert int(keep[ffn.last_route.experts == e].sum()) <= capacity
+    assert ffn.last_route.stats['dropped'] == pytest.approx(float((~keep).sum()) / 12)
+    assert torch.all(y[~keep] == 0)  # dropped tokens: only the residual carries them
+    router.eval()
+    assert ffn.router(ctx_for(tokens), x).keep is None  # evaluation is dropless
+
+
+def test_token_switch_ignores_the_hidden_state():
+    torch.manual_seed(2)
+    router = switch(source='token')
+    tokens = torch.randint(1, V, (2, 6))
+    a = router(ctx_for(tokens), torch.randn(2, 6, D)).experts
+    b = router(ctx_for(tokens), 100 * torch.randn(2, 6, D)).experts
+    assert torch.equal(a, b)
+    same_token = torch.full((1, 4), 7)
+    assert len(router(ctx_for(same_token), torch.randn(1, 4, D)).experts.unique()) == 1
+    hidden_router = switch()
+    assert not torch.equal(hidden_router(ctx_for(tokens), torch.randn(2, 6, D)).experts,
+                           hidden_router(ctx_for(tokens), torch.randn(2, 6, D)).experts)
+
+
+@pytest.mark.parametrize('T, k', [(12, 3), (50, 7), (64, 8), (33, 5), (17, 4)])
+def test_auction_is_exactly_balanced_and_near_optimal(T, k):
+    scores = torch.randn(T, k, generator=torch.Generator().manual_seed(T * k), dtype=torch.float64)
+    assigned = balanced_assignment(scores, eps=1e-5)
+    caps = expert_capacities(T, k)
+    assert torch.equal(torch.bincount(assigned, minlength=k), caps)
+    slots = torch.repeat_interleave(torch.arange(k), caps)
+    cost = scores[:, slots].numpy()
+    rows, cols = linear_sum_assignment(cost, maximize=True)
+    optimum = cost[rows, cols].sum()
+    got = scores[torch.arange(T), assigned].sum().item()
+    span = (scores.max() - scores.min()).item()
+    assert got <= optimum + 1e-9
+    assert optimum - got <= T * 1e-5 * span + 1e-6
+
+
+def test_base_router_balances_in_training_and_is_greedy_in_eval():
+    torch.manual_seed(3)
+    router = BaseRouter(D, 4)
+    tokens = torch.randint(1, V, (2, 9))
+    tokens[1, 7:] = 0  # padding is not assigned
+    hidden = torch.randn(2, 9, D)
+    router.train()
+    route = router(ctx_for(tokens), hidden)
+    real = tokens != 0
+    assert torch.bincount(route.experts[real], minlength=4).tolist() == expert_capacities(16, 4).tolist()
+    router.eval()
+    route = router(ctx_for(tokens), hidden)
+    scores = hidden @ router.centroids.t()
+    assert torch.equal(route.experts, scores.argmax(-1))
+    torch.testing.assert_close(route.gates, torch.sigmoid(scores.max(-1).values))
+
+
+@pytest.fixture(scope='module')
+def dict_file(tmp_path_factory):
+    from parlai.scripts.build_dict import BuildDict
+    path = str(tmp_path_factory.mktemp('dict') / 'model.dict')
+    BuildDict.main(task='integration_tests:nocandidate', dict_file=path)
+    return path
+
+
+@pytest.fixture
+def agent_for(tmp_path, dict_file):
+    def make(model, **extra):
+        return _agent(tmp_path, dict_file, model, **extra)
+    return make
+
+
+def _agent(tmp_path, dict_file, model, **extra):
+    args = ['-m', model, '-t', 'integration_tests:nocandidate', '-mf', str(tmp_path / model),
+            '--dict-file', dict_file,
+            '--n-layers', '2', '--embedding-size', '16', '--ffn-size', '32', '--n-heads', '2',
+            '--num-experts', '4', '--sparse-layers', '0,1', '-bs', '4', '--optimizer', 'adam']
+    for k, v in extra.items():
+        args += [f"--{k.replace('_', '-')}", str(v)]
+    return create_agent(ParlaiParser(True, True).parse_args(args))
+
+
+def batch_of(agent, pairs):
+    obs = []
+    for text, label in pairs:
+        obs.append(agent.observe({'text': text, 'labels': [label], 'episode_done': True}))
+        agent.reset()
+    return agent.batchify(obs)
+
+
+@pytest.mark.parametrize('model, extra', [
+    ('switch_generator', {}),
+    ('switch_generator', {'switch_input': 'token'}),
+    ('base_generator', {}),
+])
+def test_agents_train_report_and_reload(tmp_path, agent_for, model, extra):
+    agent = agent_for(model, **extra)
+    batch = batch_of(agent, [('1 2 3', '4 5 6'), ('7 8', '9 1 2 3')])
+    agent.train_step(batch)
+    report = agent.report()
+    assert 'dec0_load_max' in report and 'dec1_load_ent' in report
+    if model == 'switch_generator':
+        assert 'lb_loss' in report and 'dec0_dropped' in report
+    path = str(tmp_path / 'saved')
+    agent.save(path)
+    again = create_agent_from_model_file(path)
+    agent.model.eval(), again.model.eval()
+    ys = torch.tensor([[5, 6, 7]])
+    with torch.no_grad():
+        a = agent.model.decode_forced(agent.model.encoder(batch.text_vec), ys.expand(2, -1))[0]
+        b = again.model.decode_forced(again.model.encoder(batch.text_vec), ys.expand(2, -1))[0]
+    assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize('model', ['switch_generator', 'base_generator'])
+def test_incremental_decoding_equals_full_forward(agent_for, model):
+    agent = agent_for(model)
+    agent.model.eval()
+    batch = batch_of(agent, [('1 2 3', '4'), ('5 6', '7')])
+    ys = torch.randint(4, len(agent.dict), (2, 6), generator=torch.Generator().manual_seed(0))
+    m = agent.model
+    with torch.no_grad():
+        enc = m.encoder(batch.text_vec)
+        full = m.output(m.decoder(ys, enc)[0])
+        incr = None
+        for t in range(ys.size(1)):
+            latent, incr = m.decoder(ys[:, : t + 1], enc, incr)
+            torch.testing.assert_close(m.output(latent)[:, -1], full[:, t], rtol=1e-4, atol=1e-5)
+
+
+def test_training_loss_includes_the_balancing_loss_only_as_its_own_metric(agent_for):
+    agent = agent_for('switch_generator', load_balance_weight=0.5)
+    batch = batch_of(agent, [('1 2 3', '4 5 6'), ('7 8', '9 1 2 3')])
+    agent.model.train()
+    loss = agent.compute_loss(batch)
+    aux = sum(f.last_route.aux_loss for f in agent.model.sparse_ffns().values())
+    assert aux.item() > 0.5 * 0.9  # K*sum f*P >= 1 per layer, times the weight
+    assert float(agent.report()['lb_loss']) == pytest.approx(aux.item(), rel=1e-5)
+    lm_loss = sum(agent._local_metrics['loss'], None).value()  # what ParlAI reports as loss
+    assert lm_loss == pytest.approx(loss.item() - aux.item(), rel=1e-4)
+
+
+@pytest.mark.parametrize('option, value', [('capacity_factor', -1), ('load_balance_weight', -0.1)])
+def test_negative_switch_options_name_the_option(agent_for, option, value):
+    with pytest.raises(OptionError, match=f"^--{option.replace('_', '-')}"):
+        agent_for('switch_generator', **{option: value})
