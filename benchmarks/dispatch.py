@@ -12,6 +12,11 @@ Variants, timed round-robin within each (K, T) with the order rotated each round
 - HASH:  ``DispatchPlan.from_experts`` + ``ExpertFFN`` (plan building is timed).
 - LOOP:  ParlAI ``projects/params_vs_compute/hash_ladder`` ``HashLayerFFN``
   dispatch: per expert ``(e == i).nonzero()``, gather, run, index-assign.
+- SWITCH / BASE: the project's ``SparseFFN`` with the learned routers, in
+  training mode, on the same expert weights and dispatch as HASH (only routing
+  differs): the router's forward and backward, the gates, Switch's
+  load-balancing loss, BASE's balanced assignment (auction) are all timed.
+  Dropless (capacity factor 0), so every row computes every token once.
 
 Run from the repository root:
 
@@ -41,7 +46,9 @@ import torch
 import torch.nn as nn
 
 from parlai_hash.dispatch import DispatchPlan, ExpertFFN
-from parlai_hash.routing.hash_functions import HASH_TYPES
+from parlai_hash.layers import SparseFFN
+from parlai_hash.routing import BaseRouter, RoutingContext, SwitchRouter
+from parlai_hash.routing.hash_functions import HASH_TYPES, TableInputs
 
 D_MODEL = 512
 D_HIDDEN = 2048
@@ -51,6 +58,9 @@ SEED = 0
 # 'even' is no token table: every expert gets exactly T/K tokens, the best case
 # for any router, which separates dispatch cost from load imbalance.
 TABLES = ('random', 'balanced', 'even')
+# Learned routing, on the same experts: rows after the hash tables.
+LEARNED = ('switch', 'base')
+ROW_ORDER = TABLES + LEARNED
 DEFAULT_KS = (16, 64, 128)
 DEFAULT_TS = (2048, 8192)
 DEFAULT_REPS = 7
@@ -99,9 +109,10 @@ def zipf_probs(vocab: int, gen: torch.Generator) -> torch.Tensor:
 
 def build_tables(num_experts: int, counts: torch.Tensor) -> Dict[str, torch.Tensor]:
     """token id -> expert tables from the project's own hash registry."""
+    inputs = TableInputs(vocab_size=VOCAB, n_positions=1, token_counts=counts)
     return {
-        'random': HASH_TYPES['random'](num_experts, SEED).build_table(VOCAB, None),
-        'balanced': HASH_TYPES['balanced'](num_experts, SEED).build_table(VOCAB, counts),
+        'random': HASH_TYPES['random'](num_experts, SEED).build_table(inputs),
+        'balanced': HASH_TYPES['balanced'](num_experts, SEED).build_table(inputs),
     }
 
 
@@ -172,6 +183,26 @@ def hash_step(
     plan = DispatchPlan.from_experts(experts, moe.num_experts)
     y = moe(x, plan)
     y.backward(grad)
+    return y
+
+
+def learned_ffn(kind: str, moe: ExpertFFN, num_tokens: int) -> SparseFFN:
+    """A training-mode SparseFFN whose experts are ``moe`` (shared weights)."""
+    K = moe.num_experts
+    router = (SwitchRouter(D_MODEL, K, VOCAB, capacity_factor=0.0) if kind == 'switch'
+              else BaseRouter(D_MODEL, K))
+    ffn = SparseFFN({}, kind, router, K, D_MODEL, D_HIDDEN)
+    ffn.experts = moe
+    ffn.routing = RoutingContext.full(torch.ones(1, num_tokens, dtype=torch.long), pad_idx=0)
+    return ffn.train()
+
+
+def learned_step(ffn: SparseFFN, x: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+    y = ffn(x.unsqueeze(0))
+    loss = (y * grad.unsqueeze(0)).sum()
+    if ffn.last_route.aux_loss is not None:
+        loss = loss + ffn.last_route.aux_loss
+    loss.backward()
     return y
 
 
@@ -418,7 +449,7 @@ def make_rows(
                 load_mean=T / K,
                 bg_max=max(s.bg for s in kept),
                 noisy_calls=sum(s.noisy for s in kept),
-                check=checks[table],
+                check=checks.get(table, {}),
                 samples_ms={n: [1e3 * s.seconds for s in samples[n]] for n in names if n in samples},
             )
         )
@@ -431,11 +462,11 @@ def fmt_ratio(ms: Optional[float], ratio: Optional[float]) -> str:
 
 def markdown_table(rows: Sequence[Row]) -> str:
     lines = [
-        '| table | K | T | dense ms (tok/s) | HASH ms (ratio) | LOOP ms (ratio) '
-        '| HASH/LOOP speed-up | load max/mean | bg % |',
+        '| routing | K | T | dense ms (tok/s) | sparse ms (ratio) | LOOP ms (ratio) '
+        '| sparse/LOOP speed-up | load max/mean | bg % |',
         '|---|---|---|---|---|---|---|---|---|',
     ]
-    for r in sorted(rows, key=lambda r: (TABLES.index(r.table), r.K, r.T)):
+    for r in sorted(rows, key=lambda r: (ROW_ORDER.index(r.table), r.K, r.T)):
         speedup = '—' if r.speedup is None else f'{r.speedup:.2f}x'
         lines.append(
             f'| {r.table} | {r.K} | {r.T} | {r.dense_ms:.0f} ({r.T / r.dense_ms * 1e3:.0f}) '
@@ -448,7 +479,7 @@ def markdown_table(rows: Sequence[Row]) -> str:
 
 def target_line(rows: Sequence[Row]) -> str:
     head = f'target: HASH >= {TARGET_RATIO}x dense at K={TARGET_K}, T={TARGET_T}'
-    hits = [r for r in rows if r.K == TARGET_K and r.T == TARGET_T and r.table != 'even']
+    hits = [r for r in rows if r.K == TARGET_K and r.T == TARGET_T and r.table in ('random', 'balanced')]
     if not hits:
         return f'{head}: not measured in this run (it is in the default grid).'
     verdicts = [
@@ -504,6 +535,10 @@ def make_variants(
     x, grad = batch.x, batch.grad
     variants = [Variant('DENSE', partial(dense_step, dense, x, grad), [dense])]
     for table, e in experts.items():
+        if table in LEARNED:
+            ffn = e  # for learned rows, the SparseFFN itself
+            variants.append(Variant(f'HASH/{table}', partial(learned_step, ffn, x, grad), [ffn]))
+            continue
         variants.append(Variant(f'HASH/{table}', partial(hash_step, moe, x, e, grad), [moe]))
         if table == 'random' or (table == 'balanced' and loop_balanced):
             variants.append(Variant(f'LOOP/{table}', partial(loop_step, loop, x, e, grad), [loop]))
@@ -523,6 +558,7 @@ def run_config(
     T = batch.tokens.numel()
     experts = {name: table[batch.tokens] for name, table in tables.items()}
     experts['even'] = even_experts(T, K)
+    learned = {kind: learned_ffn(kind, moe, T) for kind in LEARNED}
     t0 = time.perf_counter()
     # Warm-up: one untimed call per variant; HASH and LOOP double as the check.
     clear_grads([dense], batch.x)
@@ -530,13 +566,18 @@ def run_config(
     copy_hash_into_loop(moe, loop)
     checks = {name: check_hash_vs_loop(moe, loop, batch, e) for name, e in experts.items()}
     worst = max(v for c in checks.values() for v in c.values())
-    variants = make_variants(batch, experts, dense, moe, loop, not args.no_loop_balanced)
+    for kind, ffn in learned.items():  # warm-up, and the routes for the load column
+        clear_grads([ffn], batch.x)
+        learned_step(ffn, batch.x, batch.grad)
+    variants = make_variants(batch, {**experts, **learned}, dense, moe, loop,
+                             not args.no_loop_balanced)
     samples = round_robin(variants, args.reps, batch.x, monitor, policy)
     log(
         f'K={K:<4} T={T:<5} check ok (worst rel err {worst:.1e}); '
         f'{len(variants)} variants x {args.reps} reps in {time.perf_counter() - t0:.0f} s'
     )
-    return make_rows(K, T, samples, experts, checks)
+    routes = {**experts, **{k: f.last_route.experts.reshape(-1) for k, f in learned.items()}}
+    return make_rows(K, T, samples, routes, checks)
 
 
 def run(args: argparse.Namespace) -> List[Row]:
@@ -580,7 +621,8 @@ def footer(args: argparse.Namespace, rows: Sequence[Row], elapsed_s: float) -> s
         'Ratios are DENSE median / variant median in the same (K, T); all table rows of a '
         f'(K, T) share one DENSE measurement. Tokens are Zipf (s=1) over {VOCAB} ids; '
         "'even' gives every expert exactly T/K tokens (no table: the best case for any "
-        f'router). {bg}. Total {elapsed_s:.0f} s.'
+        "router); 'switch' and 'base' are the learned routers on the same experts, training "
+        f'mode, dropless, router time included. {bg}. Total {elapsed_s:.0f} s.'
     )
     noisy = [r for r in rows if r.noisy_calls]
     if noisy:
