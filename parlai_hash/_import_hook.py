@@ -38,6 +38,7 @@ ALIASES = {
 AFTER_IMPORT = {
     'parlai.nn.lr_scheduler': 'parlai_hash.compat:patch_module',
     'parlai.core.dict': 'parlai_hash.compat:patch_module',
+    'parlai.core.torch_agent': 'parlai_hash.compat:patch_module',
     'parlai.core.script': 'parlai_hash.scripts:extend_registry',
 }
 

@@ -8,6 +8,13 @@ installed, when our agents are imported (``apply_loaded``). Each is idempotent.
 | ParlAI module            | breakage                                              | fix |
 | parlai.nn.lr_scheduler   | ReduceLROnPlateau(verbose=True): torch >= 2.7 removed | build it without ``verbose`` |
 | parlai.core.dict         | ``np.int`` (removed in numpy 1.24) in txt2vec(ndarray) | vectorise as a list, then int64 array |
+| parlai.core.torch_agent  | ``--optimizer adam/adamw`` use torch's per-tensor loop; | the same optimizer with ``fused=True`` |
+|                          | torch >= 2.4 has a fused kernel, ~5x faster on CPU      | where torch supports it, else as before |
+
+The last one is speed, not a breakage: with K experts a sparse model has K
+times the FFN parameters, and on CPU the unfused Adam step over them cost as
+much as the forward pass. It applies to every ParlAI agent (dense baselines
+too), so comparisons stay fair; the update is the same algorithm.
 """
 
 from __future__ import annotations
@@ -52,10 +59,45 @@ def _fix_txt2vec_ndarray(module: ModuleType) -> None:
     cls.txt2vec = txt2vec
 
 
+def fused_when_possible(optimizer_class):
+    """A constructor that asks for the fused kernel and falls back when refused."""
+
+    def build(params, **kwargs):
+        params = list(params)
+        try:
+            return optimizer_class(params, fused=True, **kwargs)
+        except (RuntimeError, ValueError, TypeError):
+            # e.g. parameters on several devices, or a dtype the kernel lacks
+            return optimizer_class(params, **kwargs)
+
+    build.__name__ = optimizer_class.__name__
+    build.__doc__ = optimizer_class.__doc__
+    return build
+
+
+def _fix_fused_adam(module: ModuleType) -> None:
+    cls = module.TorchAgent
+    original = cls.__dict__['optim_opts'].__func__
+    if getattr(original, _MARK, False):
+        return
+    from torch import optim
+
+    def optim_opts(klass):
+        optims = original(klass)
+        optims['adam'] = fused_when_possible(optim.Adam)
+        optims['adamw'] = fused_when_possible(optim.AdamW)
+        return optims
+
+    optim_opts.__doc__ = original.__doc__
+    setattr(optim_opts, _MARK, True)
+    cls.optim_opts = classmethod(optim_opts)
+
+
 #: ParlAI module name -> the fix applied right after it is imported.
 FIXES: Dict[str, Callable[[ModuleType], None]] = {
     'parlai.nn.lr_scheduler': _fix_reduce_on_plateau,
     'parlai.core.dict': _fix_txt2vec_ndarray,
+    'parlai.core.torch_agent': _fix_fused_adam,
 }
 
 

@@ -48,3 +48,34 @@ def test_hook_and_compat_agree_on_patched_modules():
     from parlai_hash._import_hook import AFTER_IMPORT
     hooked = {name for name, target in AFTER_IMPORT.items() if target.startswith('parlai_hash.compat:')}
     assert hooked == set(compat.FIXES)
+
+
+def test_adam_is_fused_when_possible_and_computes_the_same_update():
+    from parlai.core.torch_agent import TorchAgent
+    build = TorchAgent.optim_opts()['adam']
+    torch.manual_seed(0)
+    a = torch.nn.Parameter(torch.randn(5, 3))
+    b = torch.nn.Parameter(a.detach().clone())
+    fused = build([a], lr=0.1, amsgrad=True)
+    plain = torch.optim.Adam([b], lr=0.1, amsgrad=True)
+    assert fused.defaults['fused'] is True
+    for _ in range(3):
+        g = torch.randn(5, 3)
+        a.grad, b.grad = g.clone(), g.clone()
+        fused.step(), plain.step()
+    torch.testing.assert_close(a, b)
+    assert TorchAgent.optim_opts()['adamw']([torch.nn.Parameter(torch.zeros(2))], lr=1).defaults['fused']
+
+
+def test_fused_falls_back_when_torch_refuses(monkeypatch):
+    calls = []
+
+    class Picky(torch.optim.SGD):
+        def __init__(self, params, fused=None, **kw):
+            calls.append(fused)
+            if fused:
+                raise RuntimeError("fused not supported here")
+            super().__init__(params, **kw)
+
+    opt = compat.fused_when_possible(Picky)([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    assert isinstance(opt, Picky) and calls == [True, None]

@@ -1,0 +1,205 @@
+"""End-to-end speed: training tokens/s and generation latency of whole small models.
+
+Trains a fixed small encoder-decoder for N steps and generates M replies, for
+a dense baseline and the sparse agents with one sparse layer of K experts
+(hash 1xK, switch 1xK, BASE 1xK) at the same compute per token, and prints
+both as ratios to dense, measured in one run, interleaved round-robin:
+
+    .venv/bin/python -m benchmarks.model            # full (a few minutes)
+    .venv/bin/python -m benchmarks.model --quick
+
+Batches are synthetic but shaped like dialogue data: Zipf-distributed token
+ids (so hash routing sees a realistic skew), contexts and labels of varied
+lengths with padding. Every reply has exactly the same length (min = max
+length), so latency compares equal work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from typing import Dict, List, Optional, Sequence
+
+import torch
+
+THREADS = 2
+MODELS = {
+    'dense': ['-m', 'transformer/generator'],
+    'hash': ['-m', 'hash_generator', '--hash-type', 'balanced'],
+    'switch': ['-m', 'switch_generator', '--capacity-factor', '1.25'],
+    'base': ['-m', 'base_generator'],
+}
+
+
+def build_dictionary(path: str, vocab: int) -> torch.Tensor:
+    """A dictionary of ``vocab`` words with Zipf counts; returns sampling probs."""
+    from parlai.core.dict import DictionaryAgent
+    from parlai.core.params import ParlaiParser
+
+    parser = ParlaiParser(True, False)
+    DictionaryAgent.add_cmdline_args(parser, partial_opt=None)
+    d = DictionaryAgent(parser.parse_args(['--dict-file', path]))
+    probs = 1.0 / torch.arange(1, vocab + 1, dtype=torch.float64)
+    for i, p in enumerate(probs.tolist()):
+        d.add_token(f'w{i}')
+        d.freq[f'w{i}'] = int(1e6 * p) + 1
+    d.save(path, sort=False)
+    full = torch.zeros(len(d), dtype=torch.float64)
+    for i, p in enumerate(probs.tolist()):
+        full[d[f'w{i}']] = p
+    return full / full.sum()
+
+
+def make_agent(kind: str, dict_file: str, args: argparse.Namespace):
+    from parlai.core.agents import create_agent
+    from parlai.core.params import ParlaiParser
+
+    argv = [
+        *MODELS[kind], '-t', 'integration_tests', '--dict-file', dict_file,
+        '--n-layers', str(args.layers), '--embedding-size', str(args.dim),
+        '--ffn-size', str(args.ffn), '--n-heads', '4', '--optimizer', 'adam', '-lr', '1e-4',
+        '-bs', str(args.batch), '--skip-generation', 'false', '--inference', 'greedy',
+        '--beam-min-length', str(args.reply_len), '--n-positions', '512',
+    ]
+    if kind != 'dense':
+        argv += ['--num-experts', str(args.experts), '--sparse-layers', str(args.layers // 2)]
+    return create_agent(ParlaiParser(True, True).parse_args(argv))
+
+
+def make_batches(agent, probs: torch.Tensor, args: argparse.Namespace, n: int, bsz: int):
+    from parlai.core.torch_agent import Batch
+
+    gen = torch.Generator().manual_seed(0)
+    batches = []
+    for _ in range(n):
+        ctx_len = torch.randint(args.context // 2, args.context + 1, (bsz,), generator=gen)
+        lab_len = torch.randint(args.reply_len // 2, args.reply_len + 1, (bsz,), generator=gen)
+        text = torch.zeros(bsz, int(ctx_len.max()), dtype=torch.long)
+        label = torch.zeros(bsz, int(lab_len.max()), dtype=torch.long)
+        for i in range(bsz):
+            text[i, : ctx_len[i]] = torch.multinomial(probs, int(ctx_len[i]), True, generator=gen)
+            label[i, : lab_len[i]] = torch.multinomial(probs, int(lab_len[i]), True, generator=gen)
+            label[i, lab_len[i] - 1] = agent.END_IDX
+        batches.append(Batch(batchsize=bsz, text_vec=text, label_vec=label,
+                             valid_indices=torch.arange(bsz), observations=[{}] * bsz))
+    return batches
+
+
+def real_tokens(batch) -> int:
+    return int((batch.text_vec != 0).sum() + (batch.label_vec != 0).sum())
+
+
+def train_seconds(agent, batch) -> float:
+    agent.model.train()
+    t0 = time.perf_counter()
+    agent.train_step(batch)
+    seconds = time.perf_counter() - t0
+    agent.reset_metrics()
+    agent._local_metrics = {}
+    return seconds
+
+
+def reply_seconds(agent, batch, reply_len: int) -> float:
+    agent.model.eval()
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        hyps, _ = agent._generate(batch, beam_size=1, max_ts=reply_len)
+    seconds = time.perf_counter() - t0
+    return seconds
+
+
+def run(args: argparse.Namespace) -> Dict[str, Dict[str, float]]:
+    torch.set_num_threads(THREADS)
+    torch.manual_seed(0)
+    tmp = tempfile.mkdtemp(prefix='parlai_hash_bench_')
+    dict_file = os.path.join(tmp, 'bench.dict')
+    probs = build_dictionary(dict_file, args.vocab)
+    agents = {k: make_agent(k, dict_file, args) for k in args.models}
+    any_agent = next(iter(agents.values()))
+    train_batches = make_batches(any_agent, probs, args, args.steps, args.batch)
+    prompts = make_batches(any_agent, probs, args, args.replies, 1)
+    for agent in agents.values():  # warm-up: one step and one reply each
+        train_seconds(agent, train_batches[0])
+        reply_seconds(agent, prompts[0], args.reply_len)
+    train = {k: [] for k in agents}
+    reply = {k: [] for k in agents}
+    names = list(agents)
+    for r, batch in enumerate(train_batches):
+        for k in names[r % len(names):] + names[: r % len(names)]:
+            train[k].append(real_tokens(batch) / train_seconds(agents[k], batch))
+    for r, prompt in enumerate(prompts):
+        for k in names[r % len(names):] + names[: r % len(names)]:
+            reply[k].append(reply_seconds(agents[k], prompt, args.reply_len))
+    params = {k: sum(p.numel() for p in a.model.parameters() if p.requires_grad)
+              for k, a in agents.items()}
+    return {
+        k: {
+            'train_tok_s': statistics.median(train[k]),
+            'reply_ms': 1e3 * statistics.median(reply[k]),
+            'params': params[k],
+        }
+        for k in agents
+    }
+
+
+def table(results: Dict[str, Dict[str, float]], args: argparse.Namespace) -> str:
+    dense = results.get('dense')
+    lines = [
+        f'Whole model, d={args.dim} D={args.ffn} {args.layers}+{args.layers} layers, sparse layer '
+        f'{args.layers // 2} with K={args.experts}, batch {args.batch}, context <={args.context}, '
+        f'reply {args.reply_len} tokens, {THREADS} threads, torch {torch.__version__}; medians of '
+        f'{args.steps} train steps and {args.replies} greedy replies, interleaved.',
+        '',
+        '| model | trainable params | train tok/s (x dense) | ms per reply (x dense) |',
+        '|---|---|---|---|',
+    ]
+    for k, r in results.items():
+        tr = f" ({r['train_tok_s'] / dense['train_tok_s']:.2f}x)" if dense else ''
+        lat = f" ({r['reply_ms'] / dense['reply_ms']:.2f}x)" if dense else ''
+        lines.append(f"| {k} | {r['params']:,} | {r['train_tok_s']:.0f}{tr} | {r['reply_ms']:.0f}{lat} |")
+    if dense and 'hash' in results:
+        h, s = results['hash'], results.get('switch')
+        ok_train = h['train_tok_s'] / dense['train_tok_s'] >= 0.9 and (
+            s is None or h['train_tok_s'] >= s['train_tok_s'])
+        ok_gen = h['reply_ms'] / dense['reply_ms'] <= 1.1
+        lines += ['', f"target: hash training >= 0.9x dense and >= switch: {'met' if ok_train else 'NOT met'}; "
+                      f"hash generation <= 1.1x dense latency: {'met' if ok_gen else 'NOT met'}"]
+    return '\n'.join(lines)
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog='python -m benchmarks.model', description=__doc__.split('\n\n')[0])
+    p.add_argument('--quick', action='store_true', help='few steps and replies')
+    p.add_argument('--models', default=','.join(MODELS), help='comma separated, from ' + ','.join(MODELS))
+    p.add_argument('--steps', type=int, default=None)
+    p.add_argument('--replies', type=int, default=None)
+    p.add_argument('--experts', type=int, default=64)
+    p.add_argument('--dim', type=int, default=256)
+    p.add_argument('--ffn', type=int, default=1024)
+    p.add_argument('--layers', type=int, default=4)
+    p.add_argument('--batch', type=int, default=32)
+    p.add_argument('--context', type=int, default=64)
+    p.add_argument('--reply-len', type=int, default=20)
+    p.add_argument('--vocab', type=int, default=8000)
+    a = p.parse_args(argv)
+    a.models = [m for m in a.models.split(',') if m]
+    unknown = set(a.models) - set(MODELS)
+    if unknown:
+        p.error(f"--models: unknown {sorted(unknown)}; choose from {','.join(MODELS)}")
+    a.steps = a.steps or (4 if a.quick else 20)
+    a.replies = a.replies or (3 if a.quick else 10)
+    return a
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    args = parse_args(argv)
+    results = run(args)
+    print(table(results, args))
+
+
+if __name__ == '__main__':
+    main()
