@@ -1,0 +1,168 @@
+"""The paper's dictionaries for ParlAI (Hash Layers, Table 4).
+
+* Word level, the dataset's own vocabulary: nothing to build here. WikiText's
+  ``.tokens`` are already tokenised on spaces, so ParlAI's
+  ``--dict-tokenizer space`` (``parlai build_dict``, or ``train_model``, which
+  builds the dictionary when ``--dict-file`` does not exist) gives exactly the
+  words of the training split (~267k for WikiText-103, ``<unk>`` and ``<eos>``
+  included) plus ParlAI's four special tokens.
+* Byte-level BPE (~8k): ``build_bpe_dict`` trains one with HuggingFace
+  ``tokenizers`` on a teacher's training text and writes the ``vocab.json`` and
+  ``merges.txt`` that ``--dict-tokenizer bytelevelbpe --bpe-vocab --bpe-merge``
+  loads. ParlAI adds its four special tokens, so its dictionary has 4 more.
+"""
+
+from __future__ import annotations
+
+import copy
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Dict, Iterable, Iterator, List
+
+from parlai.core.agents import Agent
+from parlai.core.opt import Opt
+from parlai.utils import logging
+from parlai.utils.data import DatatypeHelper
+
+from parlai_hash.errors import OptionError
+from parlai_hash.io_utils import atomic_write
+
+if TYPE_CHECKING:
+    from tokenizers import ByteLevelBPETokenizer
+
+BPE_FILES = ('vocab.json', 'merges.txt')
+#: Byte-level BPE starts from the 256 byte symbols; each merge adds one token.
+BYTE_ALPHABET = 256
+
+
+@dataclass
+class BpeDictionary:
+    vocab: Path
+    merges: Path
+    size: int  # tokens in vocab.json (ParlAI's dictionary has 4 more)
+
+    def parlai_args(self) -> List[str]:
+        """The ``train_model`` flags that load this dictionary."""
+        return ['--dict-tokenizer', 'bytelevelbpe', '--bpe-vocab', str(self.vocab),
+                '--bpe-merge', str(self.merges)]
+
+
+class _TextCollector(Agent):
+    """Stands where the model would and keeps what the teacher says."""
+
+    def __init__(self, opt: Opt):
+        super().__init__(opt)
+        self.id = 'build_bpe_dict'
+        self.texts: List[str] = []
+
+    def observe(self, observation: Dict) -> Dict:
+        if not observation.get('batch_padding'):
+            if observation.get('text'):
+                self.texts.append(observation['text'])
+            labels = observation.get('labels', observation.get('eval_labels')) or ()
+            self.texts.extend(labels)
+        return observation
+
+    def act(self) -> Dict:
+        return {'id': self.id, 'episode_done': False}
+
+
+def teacher_texts(opt: Opt) -> Iterator[str]:
+    """Text and labels of one ordered pass over the split that ``-dt`` names.
+
+    The same fields ParlAI's ``build_dict`` counts (its default
+    ``--dict-textfields text,labels``).
+    """
+    from parlai.core.worlds import create_task
+
+    ordered = copy.deepcopy(opt)
+    split = DatatypeHelper.fold(opt['datatype'])
+    # Once through, in order; only train needs ':ordered' (valid/test always are).
+    ordered['datatype'] = 'train:ordered:stream' if split == 'train' else f'{split}:stream'
+    ordered['batchsize'] = 1
+    ordered['image_mode'] = 'no_image_model'
+    collector = _TextCollector(ordered)
+    world = create_task(ordered, collector)
+    while not world.epoch_done():
+        world.parley()
+        yield from collector.texts
+        collector.texts.clear()
+
+
+def train_bytelevel_bpe(
+    texts: Iterable[str], vocab_size: int, min_frequency: int
+) -> 'ByteLevelBPETokenizer':
+    """A HuggingFace ``ByteLevelBPETokenizer`` trained on ``texts``.
+
+    ``add_prefix_space`` as ParlAI's ``--bpe-add-prefix-space`` defaults to, so
+    the first word of a text is split like every other word.
+    """
+    from tokenizers import ByteLevelBPETokenizer
+
+    tokenizer = ByteLevelBPETokenizer(add_prefix_space=True)
+    tokenizer.train_from_iterator(
+        texts, vocab_size=vocab_size, min_frequency=min_frequency, show_progress=False
+    )
+    return tokenizer
+
+
+def save_bpe(tokenizer: 'ByteLevelBPETokenizer', out_dir: Path) -> BpeDictionary:
+    """Write ``vocab.json`` and ``merges.txt`` into ``out_dir``, each atomically."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out_dir, prefix='.bpe-') as staging:
+        tokenizer.save_model(staging)
+        for name in BPE_FILES:
+            with atomic_write(out_dir / name, 'wb') as f:
+                f.write((Path(staging) / name).read_bytes())
+    size = tokenizer.get_vocab_size()
+    return BpeDictionary(out_dir / 'vocab.json', out_dir / 'merges.txt', size)
+
+
+def check_bpe_options(vocab_size: int, min_frequency: int, out: str) -> None:
+    if not out:
+        raise OptionError(
+            '--out', 'not given', 'pass the folder to write vocab.json and merges.txt into'
+        )
+    if vocab_size <= BYTE_ALPHABET:
+        raise OptionError(
+            '--bpe-vocab-size',
+            f'got {vocab_size}, but the {BYTE_ALPHABET} byte symbols alone fill that',
+            'ask for more, such as the paper\'s 8000',
+        )
+    if min_frequency < 1:
+        raise OptionError('--bpe-min-frequency', f'got {min_frequency}', 'pass 1 or more')
+
+
+class _Counting:
+    """Passes texts through and counts them (the trainer only consumes them)."""
+
+    def __init__(self, texts: Iterable[str]):
+        self.texts = texts
+        self.count = 0
+
+    def __iter__(self) -> Iterator[str]:
+        for text in self.texts:
+            self.count += 1
+            yield text
+
+
+def build_bpe_dict(opt: Opt) -> BpeDictionary:
+    """Train a byte-level BPE on ``opt``'s task and write it to ``opt['out']``."""
+    vocab_size, min_frequency = opt['bpe_vocab_size'], opt['bpe_min_frequency']
+    check_bpe_options(vocab_size, min_frequency, opt.get('out'))
+    texts = _Counting(teacher_texts(opt))
+    tokenizer = train_bytelevel_bpe(iter(texts), vocab_size, min_frequency)
+    if not texts.count:
+        raise OptionError(
+            '--task', f"{opt['task']} gave no text for {opt['datatype']}", 'check the task and its data'
+        )
+    bpe = save_bpe(tokenizer, Path(opt['out']).expanduser())
+    if bpe.size < vocab_size:
+        logging.warning(
+            f'the text allows only {bpe.size} tokens (asked {vocab_size}): '
+            f'no pair of symbols left occurs {min_frequency}+ times'
+        )
+    logging.info(f'trained on {texts.count} texts; wrote {bpe.vocab} ({bpe.size} tokens) and {bpe.merges}')
+    logging.info('use it with: ' + ' '.join(bpe.parlai_args()))
+    return bpe

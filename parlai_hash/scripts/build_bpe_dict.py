@@ -1,0 +1,48 @@
+"""``parlai build_bpe_dict``: the paper's ~8k byte-level BPE, trained on a task.
+
+    parlai build_bpe_dict -t wikitext103 --bpe-vocab-size 8000 --out DIR
+
+writes ``DIR/vocab.json`` and ``DIR/merges.txt``; train with
+``--dict-tokenizer bytelevelbpe --bpe-vocab DIR/vocab.json --bpe-merge DIR/merges.txt``.
+The work is in ``parlai_hash.dictionaries``.
+"""
+
+from __future__ import annotations
+
+from parlai.core.params import ParlaiParser
+from parlai.core.script import ParlaiScript, register_script
+
+from parlai_hash.errors import install_excepthook
+
+install_excepthook()
+
+
+def setup_args() -> ParlaiParser:
+    parser = ParlaiParser(True, False, 'Train a byte-level BPE dictionary on a task\'s text')
+    group = parser.add_argument_group('Byte-level BPE')
+    group.add_argument('--out', type=str, default=None,
+                       help='Folder to write vocab.json and merges.txt into.')
+    group.add_argument('--bpe-vocab-size', type=int, default=8000,
+                       help='Tokens in vocab.json: 256 bytes plus the merges (paper: ~8k).')
+    group.add_argument('--bpe-min-frequency', type=int, default=2,
+                       help='A pair of symbols is merged only if it occurs this often.')
+    parser.set_defaults(datatype='train')
+    return parser
+
+
+@register_script('build_bpe_dict', hidden=False)
+class BuildBpeDict(ParlaiScript):
+    """Train a byte-level BPE on one pass over a task's split (default: train)."""
+
+    @classmethod
+    def setup_args(cls) -> ParlaiParser:
+        return setup_args()
+
+    def run(self):
+        from parlai_hash.dictionaries import build_bpe_dict
+
+        return build_bpe_dict(self.opt)
+
+
+if __name__ == '__main__':
+    BuildBpeDict.main()
