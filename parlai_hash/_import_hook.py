@@ -39,6 +39,9 @@ AFTER_IMPORT = {
     'parlai.nn.lr_scheduler': 'parlai_hash.compat:patch_module',
     'parlai.core.dict': 'parlai_hash.compat:patch_module',
     'parlai.core.torch_agent': 'parlai_hash.compat:patch_module',
+    'parlai.utils.distributed': 'parlai_hash.compat:patch_module',
+    'parlai.core.torch_generator_agent': 'parlai_hash.compat:patch_module',
+    'parlai.utils.fsdp': 'parlai_hash.compat:patch_module',
     'parlai.core.script': 'parlai_hash.scripts:extend_registry',
 }
 

@@ -79,3 +79,22 @@ def test_fused_falls_back_when_torch_refuses(monkeypatch):
 
     opt = compat.fused_when_possible(Picky)([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
     assert isinstance(opt, Picky) and calls == [True, None]
+
+
+def test_ddp_accepts_parlais_cpu_device_ids(tmp_path):
+    import parlai.core.torch_generator_agent  # noqa: F401  (applies the fix)
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel as DDP
+    dist.init_process_group('gloo', init_method=f'file://{tmp_path}/rdv', rank=0, world_size=1)
+    try:
+        wrapped = DDP(torch.nn.Linear(2, 2), device_ids=[-1], broadcast_buffers=False)
+        assert wrapped.device_ids is None
+    finally:
+        dist.destroy_process_group()
+
+
+def test_join_device_is_cpu_for_gpu_minus_one():
+    from parlai.utils.fsdp import JoinableTrainLoop
+    loop = JoinableTrainLoop.__new__(JoinableTrainLoop)
+    loop._JoinableTrainLoop__device = -1
+    assert loop.join_device == torch.device('cpu')

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Optional
 
+import logging
+
 import torch
 import torch.nn as nn
 from parlai.agents.transformer.transformer import (
@@ -16,15 +18,18 @@ from parlai.core.params import ParlaiParser
 
 from parlai_hash import compat
 from parlai_hash.errors import OptionError, install_excepthook
+from parlai_hash.freezing import FREEZE_MODES, apply_freeze
 from parlai_hash.layers import SparseTransformerModel
 from parlai_hash.metrics import load_metrics
-from parlai_hash.options import SparsePlacement
+from parlai_hash.options import SparsePlacement, n_decoder_layers
 
 compat.apply_loaded()
 install_excepthook()
 
 #: ParlAI gives special tokens sentinel counts (~1e9); they are not real frequencies.
 _SENTINEL_COUNT = 1_000_000_000
+
+logger = logging.getLogger(__name__)
 
 
 def dictionary_counts(dictionary) -> torch.Tensor:
@@ -70,6 +75,16 @@ class SparseGeneratorAgent(TransformerGeneratorAgent):
             default=16,
             help='Experts (K) in every sparse layer.',
         )
+        group.add_argument(
+            '--freeze',
+            type=str,
+            default='none',
+            choices=list(FREEZE_MODES),
+            help='Fine-tuning: parameters kept fixed. experts = the sparse layers\' expert '
+            'weights; router = the learned router only; all-but-experts = everything except '
+            'the experts; all-but-last = everything except the last decoder layer and the '
+            'output (the tied token embeddings count as the output).',
+        )
         return parser
 
     def build_router(self, name: str) -> nn.Module:
@@ -93,6 +108,12 @@ class SparseGeneratorAgent(TransformerGeneratorAgent):
         )
         if self.opt['embedding_type'] != 'random':
             self._copy_embeddings(model.encoder.embeddings.weight, self.opt['embedding_type'])
+        mode = self.opt.get('freeze', 'none')
+        counts = apply_freeze(model, mode, n_decoder_layers(self.opt))
+        if mode != 'none':
+            logger.info(
+                f"--freeze {mode}: {counts['trainable']:,} of {counts['total']:,} parameters trainable"
+            )
         return model
 
     def _sparse_ffns(self):
