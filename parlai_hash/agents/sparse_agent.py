@@ -138,7 +138,7 @@ class SparseGeneratorAgent(TransformerGeneratorAgent):
         if aux_total is not None:
             # Its own metric: loss and ppl stay the language-model numbers,
             # comparable with hash models; only the optimised loss includes it.
-            self.global_metrics.add('lb_loss', AverageMetric(float(aux_total)))
+            self.global_metrics.add('lb_loss', AverageMetric(aux_total.item()))
             loss = loss + aux_total.to(loss.dtype)
         return (loss, output) if return_output else loss
 

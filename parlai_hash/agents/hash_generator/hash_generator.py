@@ -16,6 +16,7 @@ from parlai.core.params import ParlaiParser
 from parlai_hash.agents.sparse_agent import SparseGeneratorAgent, dictionary_counts
 from parlai_hash.errors import OptionError
 from parlai_hash.routing import HASH_TYPES, HashRouter, TableInputs, hash_function_class
+from parlai_hash.token_counts import count_training_tokens, counts_are_informative
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +42,14 @@ class HashGeneratorAgent(SparseGeneratorAgent):
             'dispersed (k-means clusters of a baseline\'s token embeddings).',
         )
         group.add_argument('--hash-seed', type=int, default=42, help='Seed of the hash tables.')
+        group.add_argument(
+            '--hash-count-examples',
+            type=int,
+            default=100_000,
+            help='For --hash-type balanced with a dictionary that has no real counts (a '
+            'byte-level BPE loads with every count 1): how many training examples to count '
+            'token frequencies on.',
+        )
         group.add_argument(
             '--hash-per-layer',
             type=str,
@@ -132,10 +141,13 @@ class HashGeneratorAgent(SparseGeneratorAgent):
         if self._table_inputs is None:
             function = hash_function_class(self.opt['hash_type'])
             building = not self._tables_from_checkpoint
+            counts = dictionary_counts(self.dict)
+            if building and function.needs_counts and not counts_are_informative(counts):
+                counts = count_training_tokens(self.opt, self.dict, self.opt['hash_count_examples'])
             self._table_inputs = TableInputs(
                 vocab_size=len(self.dict),
                 n_positions=get_n_positions_from_options(self.opt),
-                token_counts=dictionary_counts(self.dict),
+                token_counts=counts,
                 embeddings=self._cluster_embeddings() if building and function.needs_embeddings else None,
             )
         return self._table_inputs
