@@ -45,6 +45,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 
+from benchmarks.malloc import MALLOC_ENV, maybe_reexec
 from parlai_hash.dispatch import DispatchPlan, ExpertFFN
 from parlai_hash.layers import SparseFFN
 from parlai_hash.routing import BaseRouter, RoutingContext, SwitchRouter
@@ -67,15 +68,6 @@ DEFAULT_REPS = 7
 TARGET_K, TARGET_T, TARGET_RATIO = 64, 8192, 0.85
 CHECK_RTOL = 1e-4
 
-# glibc would otherwise mmap/munmap every large tensor: page faults then cost
-# seconds of system time per measurement and vary from run to run.
-MALLOC_ENV = {
-    'MALLOC_ARENA_MAX': '1',
-    'MALLOC_MMAP_MAX_': '0',
-    'MALLOC_TRIM_THRESHOLD_': str(2**40),
-    'MALLOC_TOP_PAD_': str(256 * 2**20),
-}
-
 # /proc/stat counts in clock ticks; below a few ticks "foreign load" is rounding.
 BG_NOISE_FLOOR_TICKS = 3
 QUIET_WINDOW_S = 0.25
@@ -83,18 +75,6 @@ MAX_QUIET_WAIT_S = 10.0
 
 
 # --------------------------------------------------------------------- setup
-
-
-def maybe_reexec(malloc_default: bool) -> None:
-    """Restart under the retained-malloc settings unless off or already set."""
-    if malloc_default or all(k in os.environ for k in MALLOC_ENV):
-        return
-    env = dict(os.environ)
-    for key, value in MALLOC_ENV.items():
-        env.setdefault(key, value)  # a value the caller set wins
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)
 
 
 def zipf_probs(vocab: int, gen: torch.Generator) -> torch.Tensor:

@@ -8,10 +8,16 @@ both as ratios to dense, measured in one run, interleaved round-robin:
     .venv/bin/python -m benchmarks.model            # full (a few minutes)
     .venv/bin/python -m benchmarks.model --quick
 
-Batches are synthetic but shaped like dialogue data: Zipf-distributed token
-ids (so hash routing sees a realistic skew), contexts and labels of varied
-lengths with padding. Every reply has exactly the same length (min = max
-length), so latency compares equal work.
+Batches are synthetic but shaped like the paper's training data (its
+appendix B: batch 40, context and label truncated at 128): Zipf-distributed
+token ids (so hash routing sees a realistic skew), contexts and labels of
+varied lengths up to 128 with padding. Every generated reply has exactly the
+same length (min = max length), so latency compares equal work. Switch runs
+twice: at its default capacity factor 1.25 (it drops tokens over capacity, so
+it computes less) and dropless (the same work as hash).
+
+All models are measured in one process under the retained-malloc settings of
+``benchmarks/malloc.py`` (``--malloc-default`` keeps glibc's).
 """
 
 from __future__ import annotations
@@ -26,11 +32,14 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 
+from benchmarks.malloc import maybe_reexec
+
 THREADS = 2
 MODELS = {
     'dense': ['-m', 'transformer/generator'],
     'hash': ['-m', 'hash_generator', '--hash-type', 'balanced'],
     'switch': ['-m', 'switch_generator', '--capacity-factor', '1.25'],
+    'switch-dropless': ['-m', 'switch_generator', '--capacity-factor', '0'],
     'base': ['-m', 'base_generator'],
 }
 
@@ -77,7 +86,7 @@ def make_batches(agent, probs: torch.Tensor, args: argparse.Namespace, n: int, b
     batches = []
     for _ in range(n):
         ctx_len = torch.randint(args.context // 2, args.context + 1, (bsz,), generator=gen)
-        lab_len = torch.randint(args.reply_len // 2, args.reply_len + 1, (bsz,), generator=gen)
+        lab_len = torch.randint(args.label // 2, args.label + 1, (bsz,), generator=gen)
         text = torch.zeros(bsz, int(ctx_len.max()), dtype=torch.long)
         label = torch.zeros(bsz, int(lab_len.max()), dtype=torch.long)
         for i in range(bsz):
@@ -151,8 +160,9 @@ def table(results: Dict[str, Dict[str, float]], args: argparse.Namespace) -> str
     lines = [
         f'Whole model, d={args.dim} D={args.ffn} {args.layers}+{args.layers} layers, sparse layer '
         f'{args.layers // 2} with K={args.experts}, batch {args.batch}, context <={args.context}, '
-        f'reply {args.reply_len} tokens, {THREADS} threads, torch {torch.__version__}; medians of '
-        f'{args.steps} train steps and {args.replies} greedy replies, interleaved.',
+        f'label <={args.label}, replies of {args.reply_len} tokens, {THREADS} threads, torch '
+        f'{torch.__version__}; medians of {args.steps} train steps and {args.replies} greedy '
+        f'replies, interleaved; malloc ' + ('glibc defaults' if args.malloc_default else 'retained') + '.',
         '',
         '| model | trainable params | train tok/s (x dense) | ms per reply (x dense) |',
         '|---|---|---|---|',
@@ -181,8 +191,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument('--dim', type=int, default=256)
     p.add_argument('--ffn', type=int, default=1024)
     p.add_argument('--layers', type=int, default=4)
-    p.add_argument('--batch', type=int, default=32)
-    p.add_argument('--context', type=int, default=64)
+    p.add_argument('--batch', type=int, default=40)
+    p.add_argument('--context', type=int, default=128)
+    p.add_argument('--label', type=int, default=128, help='training label length (at most)')
+    p.add_argument('--malloc-default', action='store_true', help='keep glibc malloc defaults')
     p.add_argument('--reply-len', type=int, default=20)
     p.add_argument('--vocab', type=int, default=8000)
     a = p.parse_args(argv)
@@ -190,13 +202,19 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     unknown = set(a.models) - set(MODELS)
     if unknown:
         p.error(f"--models: unknown {sorted(unknown)}; choose from {','.join(MODELS)}")
-    a.steps = a.steps or (4 if a.quick else 20)
+    a.steps = a.steps or (4 if a.quick else 16)
     a.replies = a.replies or (3 if a.quick else 10)
     return a
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
     args = parse_args(argv)
+    maybe_reexec(args.malloc_default)
+    import logging
+
+    from parlai.utils import logging as parlai_logging
+
+    parlai_logging.set_log_level(logging.WARNING)  # keep the table readable
     results = run(args)
     print(table(results, args))
 

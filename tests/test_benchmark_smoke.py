@@ -14,9 +14,9 @@ def test_dispatch_benchmark_runs_and_checks_correctness(capsys):
 def test_model_benchmark_runs_every_model(capsys):
     from benchmarks import model
     model.main(['--steps', '1', '--replies', '1', '--dim', '16', '--ffn', '32', '--layers', '2',
-                '--experts', '4', '--batch', '2', '--context', '8', '--reply-len', '4',
-                '--vocab', '50'])
+                '--experts', '4', '--batch', '2', '--context', '8', '--label', '6',
+                '--reply-len', '4', '--vocab', '50', '--malloc-default'])
     out = capsys.readouterr().out
-    for name in ('dense', 'hash', 'switch', 'base'):
+    for name in ('dense', 'hash', 'switch', 'switch-dropless', 'base'):
         assert f'| {name} |' in out
     assert 'target: hash training >= 0.9x dense' in out
