@@ -1,0 +1,145 @@
+"""Expert parallelism: each of W ranks holds K/W experts of every sparse layer.
+
+Tokens go to the rank that owns their expert and back with
+``all_to_all_single`` (variable split sizes); the dense parameters stay
+data-parallel. The plan (who sends how many tokens to whom, and how received
+tokens regroup by local expert) depends only on the expert ids, so for hash
+routing it is known from the token ids before the layer runs and one plan
+serves every layer that shares the table; Switch must build it per layer, after
+its router. Rank r owns experts ``[r·K/W, (r+1)·K/W)``.
+
+Checkpoints stay ordinary: ``gather_experts`` rebuilds the full ``[K, ...]``
+tensors from the shards (a collective: every rank calls it), and
+``shard_experts`` slices a full tensor for a rank, for any W that divides K.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import List, Optional
+
+import torch
+import torch.distributed as dist
+
+from parlai_hash.dispatch import DispatchPlan, ExpertFFN
+from parlai_hash.errors import OptionError
+
+
+class AllToAll(torch.autograd.Function):
+    """``all_to_all_single`` with autograd: the backward is the reverse exchange."""
+
+    @staticmethod
+    def forward(ctx, x, recv_splits, send_splits, group):  # type: ignore[override]
+        ctx.recv_splits, ctx.send_splits, ctx.group = recv_splits, send_splits, group
+        out = x.new_empty((sum(recv_splits), *x.shape[1:]))
+        dist.all_to_all_single(out, x.contiguous(), recv_splits, send_splits, group=group)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        back = grad.new_empty((sum(ctx.send_splits), *grad.shape[1:]))
+        dist.all_to_all_single(back, grad.contiguous(), ctx.send_splits, ctx.recv_splits, group=ctx.group)
+        return back, None, None, None
+
+
+def experts_per_rank(num_experts: int, world_size: int) -> int:
+    if num_experts % world_size:
+        raise OptionError(
+            '--num-experts',
+            f"{num_experts} experts cannot be split evenly over {world_size} workers",
+            "use a number of experts divisible by --distributed-world-size",
+        )
+    return num_experts // world_size
+
+
+@dataclass
+class ExpertParallelPlan:
+    """One batch's routing across ranks, from the expert ids alone."""
+
+    local: DispatchPlan  # this rank's tokens sorted by global expert, dropped last
+    send_splits: List[int]  # tokens sent to each rank
+    recv_splits: List[int]  # tokens received from each rank
+    regroup: torch.Tensor  # received rows (source-major) -> local-expert-major
+    ungroup: torch.Tensor  # its inverse
+    local_counts: List[int]  # tokens per local expert, from all ranks
+    group: Optional[dist.ProcessGroup] = None
+
+    @classmethod
+    def build(
+        cls,
+        experts: torch.Tensor,
+        num_experts: int,
+        keep: Optional[torch.Tensor] = None,
+        group: Optional[dist.ProcessGroup] = None,
+    ) -> "ExpertParallelPlan":
+        world = dist.get_world_size(group)
+        per_rank = experts_per_rank(num_experts, world)
+        local = DispatchPlan.from_experts(experts, num_experts, keep=keep)
+        counts = torch.tensor(local.counts, dtype=torch.long).view(world, per_rank)
+        # How many tokens each source rank sends to each of my local experts.
+        received = torch.empty_like(counts)
+        dist.all_to_all_single(received, counts, group=group)
+        send_splits = counts.sum(1).tolist()
+        recv_splits = received.sum(1).tolist()
+        # Received rows arrive source by source, each sorted by expert:
+        # reorder them so each local expert's rows (from every source) are contiguous.
+        starts = torch.cumsum(received.flatten(), 0) - received.flatten()
+        starts = starts.view(world, per_rank)
+        pieces = [
+            torch.arange(int(starts[s, j]), int(starts[s, j] + received[s, j]))
+            for j in range(per_rank)
+            for s in range(world)
+        ]
+        regroup = torch.cat(pieces) if pieces else torch.empty(0, dtype=torch.long)
+        ungroup = torch.empty_like(regroup)
+        ungroup[regroup] = torch.arange(regroup.numel())
+        return cls(
+            local=local,
+            send_splits=send_splits,
+            recv_splits=recv_splits,
+            regroup=regroup.to(experts.device),
+            ungroup=ungroup.to(experts.device),
+            local_counts=received.sum(0).tolist(),
+            group=group,
+        )
+
+
+def expert_parallel_forward(
+    x: torch.Tensor, plan: ExpertParallelPlan, local_experts: ExpertFFN
+) -> torch.Tensor:
+    """The sparse FFN over ranks: ``x [..., d]`` -> ``[..., d]`` (dropped rows 0)."""
+    shape = x.shape
+    flat = x.reshape(-1, shape[-1])
+    kept = sum(plan.send_splits)
+    outgoing = flat.index_select(0, plan.local.order[:kept])
+    incoming = AllToAll.apply(outgoing, plan.recv_splits, plan.send_splits, plan.group)
+    grouped = incoming.index_select(0, plan.regroup)
+    y = local_experts.forward_sorted(grouped, plan.local_counts)
+    returned = AllToAll.apply(y.index_select(0, plan.ungroup), plan.send_splits, plan.recv_splits, plan.group)
+    if plan.local.dropped:
+        returned = torch.cat([returned, returned.new_zeros(plan.local.dropped, shape[-1])])
+    return returned.index_select(0, plan.local.inverse).reshape(shape)
+
+
+def shard_experts(full: torch.Tensor, rank: int, world_size: int) -> torch.Tensor:
+    """Rank ``rank``'s slice of a full ``[K, ...]`` expert tensor."""
+    per_rank = experts_per_rank(full.shape[0], world_size)
+    return full[rank * per_rank : (rank + 1) * per_rank].clone()
+
+
+def gather_experts(local: torch.Tensor, group: Optional[dist.ProcessGroup] = None) -> torch.Tensor:
+    """The full ``[K, ...]`` tensor from every rank's shard (a collective)."""
+    parts = [torch.empty_like(local) for _ in range(dist.get_world_size(group))]
+    dist.all_gather(parts, local.contiguous(), group=group)
+    return torch.cat(parts, dim=0)
+
+
+def local_expert_ffn(full: ExpertFFN, rank: int, world_size: int) -> ExpertFFN:
+    """This rank's ``ExpertFFN`` holding its K/W experts of ``full``."""
+    per_rank = experts_per_rank(full.num_experts, world_size)
+    local = ExpertFFN(per_rank, full.dim, full.dim_hidden, full.relu_dropout.p).to(full.expert_w1.dtype)
+    local.nonlinear = full.nonlinear
+    with torch.no_grad():
+        for name in ('expert_w1', 'expert_b1', 'expert_w2', 'expert_b2'):
+            getattr(local, name).copy_(shard_experts(getattr(full, name), rank, world_size))
+    return local

@@ -1,0 +1,100 @@
+"""Expert parallelism on 2 and 4 CPU processes (gloo) equals the single-process layer."""
+
+import os
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from parlai_hash.dispatch import DispatchPlan, ExpertFFN
+from parlai_hash.expert_parallel import (ExpertParallelPlan, expert_parallel_forward, gather_experts,
+                                         local_expert_ffn, shard_experts)
+from parlai_hash.routing import RoutingContext, SwitchRouter
+
+K, D, H, N, V = 8, 6, 10, 7, 40  # experts, dim, hidden, tokens per rank, vocab
+
+
+def setup(world):
+    """What every rank and the reference share: weights, tokens, incoming gradients."""
+    torch.manual_seed(0)
+    ffn = ExpertFFN(K, D, H).double()
+    router = SwitchRouter(D, K, V, capacity_factor=1.0).double()
+    tokens = torch.randint(1, V, (world, N))
+    tokens[0, -2:] = 0  # padding on rank 0: dropped, never sent
+    x = torch.randn(world, N, D, dtype=torch.float64)
+    grad = torch.randn(world, N, D, dtype=torch.float64)
+    table = torch.randint(K, (V,))
+    return ffn, router, tokens, x, grad, table
+
+
+def route(kind, router, table, tokens, x):
+    ctx = RoutingContext.full(tokens, pad_idx=0)
+    if kind == 'hash':
+        return table[tokens], ctx.mask, None
+    r = router(ctx, x)
+    return r.experts, ctx.mask & r.keep, r.gates
+
+
+def worker(rank, world, init, out_dir, kind):
+    dist.init_process_group('gloo', init_method=init, rank=rank, world_size=world)
+    try:
+        ffn, router, tokens, x, grad, table = setup(world)
+        local = local_expert_ffn(ffn, rank, world)
+        xr = x[rank : rank + 1].clone().requires_grad_(True)
+        experts, keep, gates = route(kind, router, table, tokens[rank : rank + 1], xr)
+        plan = ExpertParallelPlan.build(experts, K, keep=keep)
+        y = expert_parallel_forward(xr, plan, local)
+        if gates is not None:
+            y = y * gates.unsqueeze(-1)
+        (y * grad[rank : rank + 1]).sum().backward()
+        full_w1 = gather_experts(local.expert_w1.detach())
+        torch.save({
+            'y': y.detach(), 'dx': xr.grad,
+            'grads': {n: p.grad for n, p in local.named_parameters()},
+            'router': router.router_weight.grad,
+            'full_w1': full_w1,
+        }, os.path.join(out_dir, f'rank{rank}.pt'))
+    finally:
+        dist.destroy_process_group()
+
+
+def reference(kind, world):
+    """One process, all ranks' tokens as one batch (a data-parallel loss is their sum)."""
+    ffn, router, tokens, x, grad, table = setup(world)
+    x = x.clone().requires_grad_(True)
+    experts, keep, gates = [], [], []
+    outputs = []
+    for r in range(world):  # route per rank: Switch capacity is per worker batch
+        e, k, g = route(kind, router, table, tokens[r : r + 1], x[r : r + 1])
+        y = ffn(x[r : r + 1], DispatchPlan.from_experts(e, K, keep=k))
+        outputs.append(y if g is None else y * g.unsqueeze(-1))
+    y = torch.cat(outputs)
+    (y * grad).sum().backward()
+    return y.detach(), x.grad, ffn, router
+
+
+@pytest.mark.parametrize('world', [2, 4])
+@pytest.mark.parametrize('kind', ['hash', 'switch'])
+def test_expert_parallel_equals_single_process(tmp_path, world, kind):
+    init = f'file://{tmp_path}/rendezvous'
+    mp.spawn(worker, args=(world, init, str(tmp_path), kind), nprocs=world, join=True)
+    y_ref, dx_ref, ffn_ref, router_ref = reference(kind, world)
+    results = [torch.load(tmp_path / f'rank{r}.pt', weights_only=False) for r in range(world)]
+    for r, res in enumerate(results):
+        torch.testing.assert_close(res['y'][0], y_ref[r])
+        torch.testing.assert_close(res['dx'][0], dx_ref[r])
+        for name, g in res['grads'].items():
+            torch.testing.assert_close(g, shard_experts(getattr(ffn_ref, name).grad, r, world))
+        torch.testing.assert_close(res['full_w1'], ffn_ref.expert_w1.detach())
+    if kind == 'switch':  # data-parallel router: DDP would sum these
+        torch.testing.assert_close(sum(res['router'] for res in results), router_ref.router_weight.grad)
+    assert y_ref[0, -2:].abs().sum() == 0  # padding was never computed
+
+
+def test_experts_must_divide_over_workers():
+    from parlai_hash.errors import OptionError
+    from parlai_hash.expert_parallel import experts_per_rank
+    with pytest.raises(OptionError, match='^--num-experts'):
+        experts_per_rank(6, 4)
+    assert experts_per_rank(8, 4) == 2
