@@ -142,7 +142,20 @@ def _activation(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
     return ACTIVATIONS[name]
 
 
-class ExpertFFN(nn.Module):
+class _ExpertsBase(nn.Module):
+    """Sizes, activation and ``--relu-dropout``, as in ParlAI's TransformerFFN."""
+
+    def __init__(self, num_experts: int, dim: int, dim_hidden: int, relu_dropout: float,
+                 activation: str):
+        super().__init__()
+        self.num_experts = num_experts
+        self.dim = dim
+        self.dim_hidden = dim_hidden
+        self.nonlinear = _activation(activation)
+        self.relu_dropout = nn.Dropout(p=relu_dropout)
+
+
+class ExpertFFN(_ExpertsBase):
     """K feed-forward experts with stacked weights ``[K, d, D]`` and ``[K, D, d]``.
 
     Same semantics as ParlAI's ``TransformerFFN`` (lin1, activation,
@@ -157,12 +170,7 @@ class ExpertFFN(nn.Module):
         relu_dropout: float = 0.0,
         activation: str = 'relu',
     ):
-        super().__init__()
-        self.num_experts = num_experts
-        self.dim = dim
-        self.dim_hidden = dim_hidden
-        self.nonlinear = _activation(activation)
-        self.relu_dropout = nn.Dropout(p=relu_dropout)
+        super().__init__(num_experts, dim, dim_hidden, relu_dropout, activation)
         self.expert_w1 = nn.Parameter(torch.empty(num_experts, dim, dim_hidden))
         self.expert_b1 = nn.Parameter(torch.empty(num_experts, dim_hidden))
         self.expert_w2 = nn.Parameter(torch.empty(num_experts, dim_hidden, dim))
@@ -190,7 +198,7 @@ class ExpertFFN(nn.Module):
         return y.index_select(0, plan.inverse).reshape(shape)
 
 
-class MultiHashExpertFFN(nn.Module):
+class MultiHashExpertFFN(_ExpertsBase):
     """MultiHash (paper, section 3.2): N hashes, each picking one of K copies of a segment.
 
     The first matrix is split by columns into N segments ``A_m: d -> D/N``; the
@@ -212,13 +220,8 @@ class MultiHashExpertFFN(nn.Module):
         relu_dropout: float = 0.0,
         activation: str = 'relu',
     ):
-        super().__init__()
+        super().__init__(num_experts, dim, dim_hidden, relu_dropout, activation)
         self.num_hashes = num_hashes
-        self.num_experts = num_experts
-        self.dim = dim
-        self.dim_hidden = dim_hidden
-        self.nonlinear = _activation(activation)
-        self.relu_dropout = nn.Dropout(p=relu_dropout)
         n, k, h, o = num_hashes, num_experts, dim_hidden // num_hashes, dim // num_hashes
         self.expert_w1 = nn.ParameterList(nn.Parameter(torch.empty(k, dim, h)) for _ in range(n))
         self.expert_b1 = nn.ParameterList(nn.Parameter(torch.empty(k, h)) for _ in range(n))
