@@ -43,6 +43,7 @@ AFTER_IMPORT = {
     'parlai.core.torch_generator_agent': 'parlai_hash.compat:patch_module',
     'parlai.utils.fsdp': 'parlai_hash.compat:patch_module',
     'parlai.core.script': 'parlai_hash.scripts:extend_registry',
+    'parlai.scripts.train_model': 'parlai_hash.train_hooks:extend_train_loop',
 }
 
 

@@ -21,6 +21,7 @@ from parlai.nn.checkpoint import checkpoint_wrapper
 from parlai.utils.fsdp import fsdp_wrap
 
 from parlai_hash.dispatch import DispatchPlan, ExpertFFN, MultiHashExpertFFN
+from parlai_hash.expert_parallel import ExpertParallelPlan, expert_parallel_forward
 from parlai_hash.errors import OptionError
 from parlai_hash.routing import Route, RoutingContext
 
@@ -65,6 +66,12 @@ class SparseFFN(nn.Module):
         self.routing: Optional[RoutingContext] = None  # bound by the owning stack
         self.last_load: Optional[torch.Tensor] = None  # tokens per expert, last forward
         self.last_route: Optional[Route] = None  # aux loss and stats of the last forward
+        # Expert-parallel training: ``experts`` holds this rank's K/W experts and
+        # tokens travel over all_to_all; evaluation uses ``full_experts``, all K
+        # gathered on every rank, so it needs no collective (ranks may run
+        # different numbers of batches or decoding steps there).
+        self.expert_parallel = False
+        self.full_experts: Optional[ExpertFFN] = None
 
     def forward(self, x: torch.Tensor, **kwargs) -> torch.Tensor:
         if self.routing is None:
@@ -88,7 +95,16 @@ class SparseFFN(nn.Module):
                 experts[real].reshape(-1), minlength=self.num_experts
             ).cpu()
         self.last_route = route
-        if self.num_hashes == 1:
+        if self.expert_parallel and self.training:
+            plan = ExpertParallelPlan.build(experts, self.num_experts, keep=keep)
+            y = expert_parallel_forward(x, plan, self.experts)
+        elif self.expert_parallel:
+            if self.full_experts is None:
+                raise RuntimeError(
+                    f"{self.name}: expert-parallel experts were not gathered for evaluation"
+                )
+            y = self.full_experts(x, DispatchPlan.from_experts(experts, self.num_experts, keep=keep))
+        elif self.num_hashes == 1:
             y = self.experts(x, DispatchPlan.from_experts(experts, self.num_experts, keep=keep))
         else:
             plans = [

@@ -12,11 +12,14 @@ from parlai.agents.transformer.transformer import (
     TransformerGeneratorAgent,
     _check_positional_embeddings,
 )
-from parlai.core.metrics import AverageMetric
+from parlai.core.metrics import AverageMetric, GlobalAverageMetric, GlobalTimerMetric
 from parlai.core.opt import Opt
 from parlai.core.params import ParlaiParser
+from parlai.utils.misc import warn_once
+from parlai.utils.distributed import is_primary_worker
 
 from parlai_hash import compat
+from parlai_hash.agents import expert_sharding as sharding
 from parlai_hash.errors import OptionError, install_excepthook
 from parlai_hash.freezing import FREEZE_MODES, apply_freeze
 from parlai_hash.layers import SparseTransformerModel
@@ -85,6 +88,14 @@ class SparseGeneratorAgent(TransformerGeneratorAgent):
             'the experts; all-but-last = everything except the last decoder layer and the '
             'output (the tied token embeddings count as the output).',
         )
+        group.add_argument(
+            '--expert-parallel',
+            type='bool',
+            default=False,
+            help='With multiprocessing_train/distributed_train: each of the W workers holds '
+            'K/W experts of every sparse layer and tokens travel to their expert by '
+            'all_to_all; checkpoints still hold all K experts. Ignored in one process.',
+        )
         return parser
 
     def build_router(self, name: str) -> nn.Module:
@@ -114,11 +125,81 @@ class SparseGeneratorAgent(TransformerGeneratorAgent):
             logger.info(
                 f"--freeze {mode}: {counts['trainable']:,} of {counts['total']:,} parameters trainable"
             )
+        self._ep_world = sharding.world_for(self.opt)
+        if self._ep_world:
+            if self.opt.get('fp16'):
+                raise OptionError('--expert-parallel', "not supported with --fp16 yet",
+                                  "train expert-parallel in float32 (--fp16 false)")
+            import torch.distributed as dist
+            import parlai.core.torch_generator_agent as generator_module
+
+            sharding.shard_model(model, dist.get_rank(), self._ep_world)
+            # ParlAI copies rank 0's parameters to every rank at start-up: not the shards.
+            generator_module.sync_parameters = sharding.sync_dense_parameters
+            logger.info(f"--expert-parallel: {self.opt['num_experts'] // self._ep_world} experts "
+                        f"per worker on {self._ep_world} workers")
+        self._gathered_experts = None
         return model
 
+    def _bare_model(self) -> nn.Module:
+        return getattr(self.model, 'module', self.model)  # unwrap DDP
+
     def _sparse_ffns(self):
-        model = getattr(self.model, 'module', self.model)  # unwrap DDP
-        return model.sparse_ffns()
+        return self._bare_model().sparse_ffns()
+
+    # ------------------------------------------------ expert parallelism
+
+    def before_eval(self) -> None:
+        """Called on every worker around ParlAI's eval loop (parlai_hash.train_hooks)."""
+        if getattr(self, '_ep_world', None):
+            sharding.attach_eval_experts(self._bare_model())
+
+    def after_eval(self) -> None:
+        if getattr(self, '_ep_world', None):
+            sharding.detach_eval_experts(self._bare_model())
+
+    def save(self, path=None):
+        if not getattr(self, '_ep_world', None):
+            return super().save(path)
+        self._gathered_experts = sharding.gather_full_experts(self._bare_model())
+        try:
+            return super().save(path)
+        finally:
+            self._gathered_experts = None
+
+    def save_nonprimary(self, path=None):
+        if getattr(self, '_ep_world', None):
+            sharding.gather_full_experts(self._bare_model())  # the primary's save gathers too
+        return super().save_nonprimary(path)
+
+    def state_dict(self):
+        states = super().state_dict()
+        if getattr(self, '_gathered_experts', None):
+            states['model'].update(self._gathered_experts)
+            if states.pop('optimizer', None) is not None:
+                warn_once('--expert-parallel: optimizer state of sharded experts is not saved; '
+                          'resuming restarts it')
+        return states
+
+    def update_params(self):
+        if not getattr(self, '_ep_world', None):
+            return super().update_params()
+        # ParlAI's update, with the global gradient norm and W-averaged experts.
+        if self.opt.get('update_freq', 1) > 1 and self._number_grad_accum != 0:
+            return
+        model = self._bare_model()
+        norm = sharding.global_grad_norm_and_scale(model, self._ep_world)
+        clip = self.opt.get('gradient_clip', -1)
+        if clip > 0:
+            sharding.clip_(model, clip, norm)
+            self.global_metrics.add('clip', GlobalAverageMetric(float(norm > clip)))
+        self.global_metrics.add('gnorm', GlobalAverageMetric(norm))
+        self.optimizer.step()
+        self._number_training_updates += 1
+        if is_primary_worker():
+            self.global_metrics.add('ups', GlobalTimerMetric(1))
+        if getattr(self, 'scheduler', None):
+            self.scheduler.step(self._number_training_updates)
 
     def compute_loss(self, batch, return_output=False):
         out = super().compute_loss(batch, return_output=return_output)
@@ -143,7 +224,10 @@ class SparseGeneratorAgent(TransformerGeneratorAgent):
         return (loss, output) if return_output else loss
 
     def load_state_dict(self, state_dict):
-        own = self.model.state_dict()
+        if getattr(self, '_ep_world', None):
+            import torch.distributed as dist
+            sharding.shard_state_dict(self._bare_model(), state_dict, dist.get_rank(), self._ep_world)
+        own = self._bare_model().state_dict()
         for key, value in state_dict.items():
             if key.endswith('router.table') and key in own and own[key].shape != value.shape:
                 raise OptionError(

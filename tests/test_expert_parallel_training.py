@@ -1,0 +1,59 @@
+"""--expert-parallel through ParlAI's multiprocessing_train (2 and 4 CPU workers)."""
+
+import subprocess
+
+import torch
+
+from conftest import PARLAI
+
+TASK = ['-t', 'integration_tests:nocandidate']
+MODEL = ['-m', 'hash_generator', '--n-layers', '2', '--embedding-size', '16', '--ffn-size', '32',
+         '--n-heads', '2', '--num-experts', '4', '--hash-layers', '0,1']
+# Ordered data and SGD: two runs see the same batches, and Adam's sign-like
+# steps do not amplify float-level differences, so the comparison can be tight.
+TRAIN = ['-dt', 'train:ordered', '-bs', '4', '--max-train-steps', '6', '-vstep', '6',
+         '--validation-max-exs', '8', '-lr', '0.5', '--optimizer', 'sgd',
+         '--skip-generation', 'true', '-vmt', 'ppl', '--short-final-eval', 'true']
+
+
+def parlai(*args, cwd):
+    proc = subprocess.run([PARLAI, *args], capture_output=True, text=True, timeout=300, cwd=cwd)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+def test_expert_parallel_training_equals_data_parallel_and_checkpoints_are_whole(tmp_path):
+    d = str(tmp_path / 'model.dict')
+    parlai('build_dict', *TASK, '--dict-file', d, cwd=tmp_path)
+    runs = {}
+    for ep in ('false', 'true'):
+        runs[ep] = str(tmp_path / f'ep_{ep}')
+        parlai('multiprocessing_train', '--distributed-world-size', '2', *MODEL, *TASK, *TRAIN,
+               '--dict-file', d, '-mf', runs[ep], '--expert-parallel', ep, cwd=tmp_path)
+    dp = torch.load(runs['false'], weights_only=False)['model']
+    ep = torch.load(runs['true'], weights_only=False)['model']
+    assert set(dp) == set(ep)
+    assert ep['decoder.layers.0.ffn.experts.expert_w1'].shape[0] == 4  # all experts, gathered
+    for key in dp:
+        if dp[key].is_floating_point():
+            torch.testing.assert_close(ep[key], dp[key], rtol=1e-5, atol=1e-6)
+    # the expert-parallel checkpoint evaluates on one process...
+    ev = parlai('eval_model', '-mf', runs['true'], *TASK, '--num-examples', '8', cwd=tmp_path)
+    assert 'dec0_load_max' in ev.stdout
+    # ...and resumes on another number of workers (4: one expert each)
+    parlai('multiprocessing_train', '--distributed-world-size', '4', *MODEL, *TASK, *TRAIN,
+           '--dict-file', d, '-mf', str(tmp_path / 'w4'), '--init-model', runs['true'],
+           '--expert-parallel', 'true', '--max-train-steps', '2', cwd=tmp_path)
+    w4 = torch.load(str(tmp_path / 'w4'), weights_only=False)['model']
+    assert w4['decoder.layers.1.ffn.experts.expert_w2'].shape[0] == 4
+
+
+def test_experts_not_divisible_by_workers_is_an_option_error(tmp_path):
+    d = str(tmp_path / 'model.dict')
+    parlai('build_dict', *TASK, '--dict-file', d, cwd=tmp_path)
+    proc = subprocess.run([PARLAI, 'multiprocessing_train', '--distributed-world-size', '2',
+                           *MODEL[:-4], '--num-experts', '3', '--hash-layers', '0', *TASK, *TRAIN,
+                           '--dict-file', d, '-mf', str(tmp_path / 'm'), '--expert-parallel', 'true'],
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode != 0
+    assert '--num-experts: 3 experts cannot be split evenly over 2 workers' in proc.stdout + proc.stderr
