@@ -96,16 +96,20 @@ class SparseFFN(nn.Module):
             ).cpu()
         self.last_route = route
         if self.expert_parallel and self.training:
-            plan = ExpertParallelPlan.build(experts, self.num_experts, keep=keep)
+            plan = self._plan(decided, 'expert-parallel', lambda: ExpertParallelPlan.build(
+                experts, self.num_experts, keep=keep))
             y = expert_parallel_forward(x, plan, self.experts)
-        elif self.expert_parallel:
-            if self.full_experts is None:
-                raise RuntimeError(
-                    f"{self.name}: expert-parallel experts were not gathered for evaluation"
-                )
-            y = self.full_experts(x, DispatchPlan.from_experts(experts, self.num_experts, keep=keep))
         elif self.num_hashes == 1:
-            y = self.experts(x, DispatchPlan.from_experts(experts, self.num_experts, keep=keep))
+            plan = self._plan(decided, 'local', lambda: DispatchPlan.from_experts(
+                experts, self.num_experts, keep=keep))
+            if self.expert_parallel:
+                if self.full_experts is None:
+                    raise RuntimeError(
+                        f"{self.name}: expert-parallel experts were not gathered for evaluation"
+                    )
+                y = self.full_experts(x, plan)
+            else:
+                y = self.experts(x, plan)
         else:
             plans = [
                 DispatchPlan.from_experts(experts[..., m], self.num_experts, keep=keep)
@@ -115,6 +119,23 @@ class SparseFFN(nn.Module):
         if route.gates is not None:
             y = y * route.gates.unsqueeze(-1)
         return y
+
+
+    def _plan(self, decided, kind: str, build):
+        """A plan shared with other layers routed by the same hash table, else new.
+
+        Hash routing is known from the token ids alone, so layers sharing a table
+        (``--hash-per-layer same``) share one plan per forward pass; in
+        expert-parallel training that saves a count exchange per layer. Learned
+        routers decide per layer from the hidden state: always a new plan.
+        """
+        table = getattr(self.router, 'table', None)
+        if isinstance(decided, Route) or table is None:
+            return build()
+        key = (kind, table.data_ptr(), self.num_experts)
+        if key not in self.routing.plans:
+            self.routing.plans[key] = build()
+        return self.routing.plans[key]
 
 
 def sparse_ffn_builder(

@@ -20,3 +20,12 @@ def test_model_benchmark_runs_every_model(capsys):
     for name in ('dense', 'hash', 'switch', 'switch-dropless', 'base'):
         assert f'| {name} |' in out
     assert 'target: hash training >= 0.9x dense' in out
+
+
+def test_expert_parallel_benchmark_runs(capsys):
+    from benchmarks import expert_parallel
+    expert_parallel.main(['--reps', '1', '--layers', '2', '--experts', '2', '--dim', '8',
+                          '--ffn', '16', '--tokens', '16', '--vocab', '20'])
+    out = capsys.readouterr().out
+    for kind in ('hash-shared', 'hash-per-layer', 'switch'):
+        assert f'| {kind} |' in out

@@ -184,3 +184,14 @@ def test_hash_per_layer_same_or_different(tmp_path, baseline):
     t = lambda a, i: a.model.decoder.layers[i].ffn.router.table
     assert torch.equal(t(same, 0), t(same, 2))
     assert not torch.equal(t(diff, 0), t(diff, 2))
+
+
+def test_layers_sharing_a_table_share_one_plan_per_forward(tmp_path, baseline):
+    ys = torch.tensor([[5, 6, 7, 8]])
+    for per_layer, expected in (('same', 1), ('different', 2)):
+        agent = hash_agent(tmp_path, baseline, 'random', hash_per_layer=per_layer)
+        with torch.no_grad():
+            agent.model.decode_forced(encode(agent, ['1 2']), ys)
+        first, last = agent.model.decoder.layers[0].ffn, agent.model.decoder.layers[2].ffn
+        assert first.routing is last.routing
+        assert len(first.routing.plans) == expected

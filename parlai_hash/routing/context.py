@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Optional
+from dataclasses import dataclass, field
+from typing import Any, Dict, Optional
 
 import torch
 
@@ -31,6 +31,9 @@ class RoutingContext:
     #: ``[B, T]``: a frozen baseline's predicted next token for the positions
     #: processed now (``predicted`` hashing only).
     predicted_next: Optional[torch.Tensor] = None
+    #: Dispatch plans built in this forward pass, for layers whose routing is
+    #: the same (hash layers sharing one table): built once, reused.
+    plans: Dict[Any, Any] = field(default_factory=dict)
 
     @classmethod
     def full(
