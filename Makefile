@@ -28,6 +28,8 @@ demo: setup
 
 bench: setup
 	$(PY) -m benchmarks.dispatch
+	$(PY) -m benchmarks.model
+	$(PY) -m benchmarks.expert_parallel
 
 clean:
 	rm -rf $(VENV)
