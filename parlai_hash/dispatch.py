@@ -53,6 +53,18 @@ class DispatchPlan:
         )
 
 
+def _grouped_forward(x, weight, bias, counts: List[int]) -> torch.Tensor:
+    out = x.new_empty(x.shape[0], weight.shape[2])
+    out[sum(counts) :].zero_()  # rows no expert computes (dropped tokens)
+    start = 0
+    for e, n in enumerate(counts):
+        if n:
+            end = start + n
+            torch.addmm(bias[e], x[start:end], weight[e], out=out[start:end])
+            start = end
+    return out
+
+
 class GroupedLinear(torch.autograd.Function):
     """``y[rows of e] = x[rows of e] @ weight[e] + bias[e]`` on expert-sorted rows.
 
@@ -65,15 +77,7 @@ class GroupedLinear(torch.autograd.Function):
     def forward(ctx, x, weight, bias, counts):  # type: ignore[override]
         ctx.counts = counts
         ctx.save_for_backward(x, weight)
-        out = x.new_empty(x.shape[0], weight.shape[2])
-        out[sum(counts) :].zero_()  # rows no expert computes (dropped tokens)
-        start = 0
-        for e, n in enumerate(counts):
-            if n:
-                end = start + n
-                torch.addmm(bias[e], x[start:end], weight[e], out=out[start:end])
-                start = end
-        return out
+        return _grouped_forward(x, weight, bias, counts)
 
     @staticmethod
     def backward(ctx, grad_out):  # type: ignore[override]
@@ -113,7 +117,10 @@ def grouped_linear(
     x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, counts: List[int]
 ) -> torch.Tensor:
     """Apply expert ``e``'s ``[a, b]`` weight to its contiguous run of rows."""
-    return GroupedLinear.apply(x, weight, bias, counts)
+    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad or bias.requires_grad):
+        return GroupedLinear.apply(x, weight, bias, counts)
+    # Inference (generation decodes one token per step): skip autograd's overhead.
+    return _grouped_forward(x, weight, bias, counts)
 
 
 ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
