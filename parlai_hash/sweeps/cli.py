@@ -1,0 +1,230 @@
+"""``python -m parlai_hash.sweeps run|report|check|params|cards ...``."""
+
+from __future__ import annotations
+
+import argparse
+import io
+import sys
+from contextlib import redirect_stderr, redirect_stdout
+from pathlib import Path
+from typing import List, Optional, Sequence
+
+from parlai_hash.sweeps.errors import SweepError
+from parlai_hash.sweeps.spec import Point, Sweep, load_sweep
+
+
+def _points_arg(value: Optional[str]) -> Optional[List[str]]:
+    return [v.strip() for v in value.split(',') if v.strip()] if value else None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog='python -m parlai_hash.sweeps',
+        description="Run the paper's sweeps and turn their records into its tables and figures.",
+    )
+    sub = parser.add_subparsers(dest='command', required=True)
+
+    def common(p: argparse.ArgumentParser, default_scale: Optional[str] = 'local') -> None:
+        p.add_argument('sweep', type=Path, help='a sweep file, e.g. sweeps/table1.yaml')
+        p.add_argument('--scale', default=default_scale,
+                       help='which size to use: paper, or its scaled-down twin local (default: %(default)s)')
+        p.add_argument('--runs-dir', type=Path, default=None,
+                       help='where runs go (default: <repo>/runs/sweeps/<sweep>/<scale>)')
+
+    run = sub.add_parser('run', help='train every point, skipping finished ones')
+    common(run, default_scale=None)
+    where = run.add_mutually_exclusive_group(required=True)
+    where.add_argument('--local', action='store_true', help='one point after another on this machine')
+    where.add_argument('--slurm', action='store_true', help='submit one SLURM job per point (submitit)')
+    run.add_argument('--points', type=_points_arg, default=None,
+                     help='comma-separated point names (default: all); unfinished points they need are added')
+    run.add_argument('--dry-run', action='store_true', help='print the commands, run nothing')
+    run.add_argument('--quiet', action='store_true', help='--local: training output only to each train.log')
+    run.add_argument('--wait', action='store_true', help='--slurm: wait for the jobs and report how they ended')
+    run.add_argument('--slurm-cluster', default=None, choices=['slurm', 'local', 'debug'],
+                     help="--slurm: submitit's executor (default: SLURM when available; "
+                     "'local' runs the same jobs on this machine, for testing)")
+    run.add_argument('--partition', default=None, help='--slurm: override the scale\'s partition')
+    run.add_argument('--timeout-min', type=int, default=None, help='--slurm: override the time limit')
+
+    report = sub.add_parser('report', help="print the paper's table; write CSV, Markdown and the figures")
+    common(report)
+    report.add_argument('--out', type=Path, default=None,
+                        help='folder for the CSV/Markdown/PNG (default: the runs folder)')
+    report.add_argument('--no-figures', action='store_true', help='only the table')
+    report.add_argument('--footer', type=Path, default=None,
+                        help='Markdown appended under the table (e.g. the command)')
+    report.add_argument('--keep-records', action='store_true',
+                        help='also copy each record (and measured expert load) into --out, to commit the result')
+
+    check = sub.add_parser(
+        'check', help="check sweep files: structure, and every point's options against ParlAI's parser")
+    check.add_argument('sweeps', type=Path, nargs='+')
+    check.add_argument('--scale', default=None, help='only this scale (default: every scale)')
+
+    params = sub.add_parser('params', help='parameter counts of every point, without training')
+    common(params)
+    params.add_argument('--vocab-size', type=int, default=None,
+                        help="dictionary size (default: the scale's vocab_size)")
+
+    cards = sub.add_parser('cards', help='fill the generated parts of the model cards from the sweeps and results')
+    cards.add_argument('config', type=Path, nargs='?', default=Path('model_cards/cards.yaml'))
+    cards.add_argument('--check', action='store_true', help='only report cards that are out of date (exit 1)')
+    return parser
+
+
+def _points(sweep: Sweep, scale: str, runs_dir: Optional[Path], strict_env: bool = True) -> List[Point]:
+    return sweep.points(scale, runs_dir=runs_dir, strict_env=strict_env)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from parlai_hash.sweeps.runner import check_requirements, plan_run
+
+    sweep = load_sweep(args.sweep)
+    scale = args.scale or ('local' if args.local else 'paper')
+    points = _points(sweep, scale, args.runs_dir, strict_env=not args.dry_run)
+    plan = plan_run(sweep, points, args.points)
+    print(f"sweep {sweep.name} ({scale}): {len(plan.to_run)} to run, {len(plan.finished)} finished "
+          f"(skipped); runs in {points[0].run_dir.parent}")
+    if args.dry_run:
+        for point in plan.to_run:
+            print(point.command())
+        return 0
+    if not plan.to_run:
+        return 0
+    check_requirements(sweep, scale)
+    if args.local:
+        from parlai_hash.sweeps.local import run_local
+
+        outcome = run_local(sweep, plan.to_run, points, quiet=args.quiet)
+        bad = {**outcome.failed, **outcome.skipped}
+    else:
+        from parlai_hash.sweeps.slurm import submit
+
+        outcome = submit(
+            sweep, sweep.scale(scale), plan.to_run, points, folder=points[0].run_dir.parent / 'slurm',
+            cluster=args.slurm_cluster, wait=args.wait,
+            overrides={'partition': args.partition, 'timeout_min': args.timeout_min},
+        )
+        bad = outcome.failed
+    for name, why in bad.items():
+        print(f'{name}: not finished: {why}')
+    return 1 if bad else 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from parlai_hash.sweeps.report import paper_table, records_frame, to_text, write_report
+
+    sweep = load_sweep(args.sweep)
+    points = _points(sweep, args.scale, args.runs_dir, strict_env=False)
+    frame = records_frame(points, sweep.metric)
+    out_dir = args.out or points[0].run_dir.parent
+    print(f'{sweep.title} ({args.scale})\n')
+    print(to_text(paper_table(frame, sweep.metric)))
+    footer = args.footer.read_text(encoding='utf-8') if args.footer else None
+    paths = write_report(frame, sweep.metric, out_dir, sweep.name, f'{sweep.title} ({args.scale})', footer)
+    print(f"\nwrote {paths['csv']}\nwrote {paths['md']}")
+    if not args.no_figures and sweep.figures:
+        from parlai_hash.sweeps.figures import make_figures
+
+        make_figures(sweep, points, out_dir)
+    if args.keep_records:
+        kept = keep_records(points, out_dir)
+        print(f'copied {kept} records (and expert loads) into {out_dir}')
+    return 0
+
+
+def keep_records(points: Sequence[Point], out_dir: Path) -> int:
+    """Copy records and measured expert loads next to the table (not the models)."""
+    import shutil
+
+    kept = 0
+    for point in points:
+        if point.record_file.exists():
+            (out_dir / 'records').mkdir(parents=True, exist_ok=True)
+            shutil.copy(point.record_file, out_dir / 'records' / f'{point.name}.json')
+            kept += 1
+        for load in point.run_dir.glob('expert_load_valid.csv'):
+            (out_dir / 'expert_load').mkdir(parents=True, exist_ok=True)
+            shutil.copy(load, out_dir / 'expert_load' / f'{point.name}.csv')
+    return kept
+
+
+def check_point_options(point: Point) -> Optional[str]:
+    """ParlAI's parser's complaint about the point's arguments, or None if it accepts them."""
+    from parlai.scripts.train_model import setup_args
+
+    captured = io.StringIO()
+    try:
+        with redirect_stdout(captured), redirect_stderr(captured):
+            setup_args().parse_args(point.argv())
+    except SystemExit:
+        lines = [line for line in captured.getvalue().splitlines() if 'error' in line.lower()]
+        return lines[-1].strip() if lines else captured.getvalue().strip().splitlines()[-1]
+    return None
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    problems = 0
+    for path in args.sweeps:
+        sweep = load_sweep(path)
+        for scale in ([args.scale] if args.scale else list(sweep.scales)):
+            points = _points(sweep, scale, None, strict_env=False)
+            bad = 0
+            for point in points:
+                complaint = check_point_options(point)
+                if complaint:
+                    bad += 1
+                    print(f'{sweep.where()}: {scale}: {point.name}: {complaint}')
+            problems += bad
+            missing = sweep.missing_requirements(scale)
+            note = f"; data absent here: {', '.join(map(str, missing))}" if missing else ''
+            status = f'{bad} of {len(points)} points rejected' if bad else f'{len(points)} points ok'
+            print(f'{sweep.where()}: {scale}: {status}{note}')
+    return 1 if problems else 0
+
+
+def cmd_params(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from parlai_hash.sweeps.report import human_count
+    from parlai_hash.sweeps.sizing import count_point_parameters
+
+    sweep = load_sweep(args.sweep)
+    vocab = args.vocab_size or sweep.scale(args.scale).vocab_size
+    if not vocab:
+        raise SweepError(sweep.where(f'scales.{args.scale}'), "has no vocab_size",
+                         "pass --vocab-size N (the dictionary size)")
+    points = _points(sweep, args.scale, args.runs_dir, strict_env=False)
+    counts = count_point_parameters(points, vocab)
+    table = pd.DataFrame([{
+        'point': p.name, 'Model': p.model, 'Configuration': p.configuration,
+        'Params': human_count(counts[p.name]['params']), 'params': counts[p.name]['params'],
+        'active/token': counts[p.name]['active_params'],
+    } for p in points])
+    print(f'{sweep.title} ({args.scale}, dictionary of {vocab} tokens)\n')
+    print(table.to_string(index=False))
+    return 0
+
+
+def cmd_cards(args: argparse.Namespace) -> int:
+    from parlai_hash.sweeps.model_cards import update_cards
+
+    changed = update_cards(args.config, check=args.check)
+    for path in changed:
+        print(f"{path}: {'out of date' if args.check else 'updated'}")
+    if not changed:
+        print('model cards are up to date')
+    return 1 if args.check and changed else 0
+
+
+COMMANDS = {'run': cmd_run, 'report': cmd_report, 'check': cmd_check, 'params': cmd_params, 'cards': cmd_cards}
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except SweepError as err:
+        print(f'parlai-hash sweeps: error: {err}', file=sys.stderr)
+        return 2

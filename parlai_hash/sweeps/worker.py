@@ -1,0 +1,159 @@
+"""Run one sweep point in this process and write its record.
+
+The runner writes each point as ``<run_dir>/point.json`` (options, exact
+arguments, seed); this module trains it with ParlAI's own ``TrainLoop`` and
+writes ``record.json`` last. Both the local runner (one subprocess per point,
+``python -m parlai_hash.sweeps.worker POINT_JSON``) and SLURM jobs (submitit
+pickles :func:`run_point_file`) come here, so every record is made the same way.
+With several SLURM tasks (GPUs) it trains data-parallel through ParlAI's
+``distributed_train`` set-up, and only rank 0 writes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import sys
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+from parlai_hash.io_utils import atomic_write
+from parlai_hash.sweeps.records import environment, git_commit, numeric_report, read_record, valid_curve, write_record
+
+
+def write_point_file(path: Path, point: Dict[str, Any]) -> None:
+    with atomic_write(path) as f:
+        json.dump(point, f, indent=2)
+        f.write('\n')
+
+
+def count_parameters(model: Any, opt: Dict[str, Any]) -> Dict[str, int]:
+    """Parameter counts of a built model.
+
+    ``params``: learned parameters (ParlAI's fixed sinusoidal position codes
+    are stored as a frozen embedding and are not counted); ``params_trainable``:
+    those this run trains (``--freeze`` lowers it); ``expert_params``: inside
+    experts; ``active_params``: used per token — each sparse layer runs 1 of
+    its K experts (MultiHash: 1 of K copies of each segment), so (K-1)/K of
+    its expert weights are idle for any one token.
+    """
+    from parlai_hash.layers import SparseFFN
+
+    learned = trainable = experts = 0
+    fixed_positions = not opt.get('learn_positional_embeddings', False)
+    for name, param in model.named_parameters():
+        if fixed_positions and name.endswith('position_embeddings.weight'):
+            continue
+        learned += param.numel()
+        trainable += param.numel() if param.requires_grad else 0
+    idle = 0.0
+    for module in model.modules():
+        if isinstance(module, SparseFFN):
+            in_experts = sum(p.numel() for p in module.experts.parameters())
+            experts += in_experts
+            idle += in_experts * (module.num_experts - 1) / module.num_experts
+    return {'params': learned, 'params_trainable': trainable, 'expert_params': experts,
+            'active_params': int(round(learned - idle))}
+
+
+def _seed_everything(seed: int) -> None:
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _slurm_tasks() -> int:
+    return int(os.environ.get('SLURM_NTASKS', '1')) if 'SLURM_JOB_ID' in os.environ else 1
+
+
+def _train(argv: list) -> Any:
+    """Train with ParlAI's loop; returns the loop (its agent is the best model)."""
+    if _slurm_tasks() > 1:
+        import parlai.scripts.distributed_train as distributed_train
+        import parlai.utils.distributed as distributed_utils
+        import parlai.utils.fsdp as fsdp_utils
+
+        opt = distributed_train.setup_args().parse_args(argv)
+        with distributed_utils.slurm_distributed_context(opt) as opt:
+            loop = fsdp_utils.JoinableTrainLoop(opt)
+            with fsdp_utils.fsdp_join(loop):
+                loop.final_reports = loop.train()
+        return loop
+    from parlai.scripts.train_model import TrainLoop, setup_args
+
+    opt = setup_args().parse_args(argv)
+    loop = TrainLoop(opt)
+    loop.final_reports = loop.train()
+    return loop
+
+
+def _is_primary() -> bool:
+    return int(os.environ.get('SLURM_PROCID', '0')) == 0 if _slurm_tasks() > 1 else True
+
+
+def run_point_file(point_file: str) -> Optional[Dict[str, Any]]:
+    """Train the point described by ``point_file`` unless its record exists.
+
+    Returns the record (None on non-primary SLURM ranks).
+    """
+    point = json.loads(Path(point_file).read_text(encoding='utf-8'))
+    record_file = Path(point['record_file'])
+    existing = read_record(record_file)
+    if existing is not None:
+        return existing
+    for dependency, model_file in point.get('dependency_models', {}).items():
+        if not Path(model_file).exists():
+            raise RuntimeError(f"point {point['name']} needs {dependency}'s model {model_file}, which is missing")
+    _seed_everything(point['seed'])
+    loop = _train(point['argv'])
+    if not _is_primary():
+        return None
+    valid_report, test_report = loop.final_reports
+    trainstats = {'valid_reports': loop.valid_reports, 'train_steps': loop._train_steps}
+    model = getattr(loop.agent.model, 'module', loop.agent.model)
+    record = {
+        'sweep': point['sweep'],
+        'scale': point['scale'],
+        'point': point['name'],
+        'model': point['model'],
+        'configuration': point['configuration'],
+        'metric': point['metric'],
+        'valid': numeric_report(valid_report),
+        'test': numeric_report(test_report),
+        **count_parameters(model, loop.agent.opt),
+        'train_steps': int(trainstats['train_steps']),
+        'train_time_s': round(float(loop.train_time.time()), 1),
+        'valid_curve': valid_curve(trainstats, point['metric']),
+        'options': point['options'],
+        'command': point['command'],
+        'argv': point['argv'],
+        'seed': point['seed'],
+        'depends_on': point.get('depends_on', []),
+        'git_commit': git_commit(Path(point.get('repo_root', '.'))),
+        'environment': environment(),
+    }
+    write_record(record_file, record)
+    return record
+
+
+def main(argv: Optional[list] = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        print('usage: python -m parlai_hash.sweeps.worker RUN_DIR/point.json', file=sys.stderr)
+        return 2
+    from parlai_hash.errors import OptionError
+
+    try:
+        run_point_file(argv[0])
+    except OptionError as err:  # one line naming the option, as ``parlai`` prints it
+        print(f'parlai-hash: error: {err}', file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
