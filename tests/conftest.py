@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -31,3 +32,13 @@ def cli_env():
     env.pop('PARLAI_DATAPATH', None)
     env['PYTHONWARNINGS'] = 'ignore'
     return env
+
+
+def run_parlai(*args: str, cwd=None, stdin=None, check: bool = True, env=None):
+    """The real ``parlai`` command; with ``check``, fail showing its output."""
+    proc = subprocess.run([PARLAI, *args], capture_output=True, text=True, timeout=300,
+                          cwd=cwd, input=stdin, env=env)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"parlai {' '.join(args)} failed:\n"
+                             f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc

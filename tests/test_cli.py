@@ -1,19 +1,11 @@
 """The real ``parlai`` entry point resolves ``-m hash_generator`` and our errors."""
 
-import subprocess
-
 import pytest
 
-from conftest import PARLAI, TINY_MODEL_ARGS
+from conftest import TINY_MODEL_ARGS
+from conftest import run_parlai as parlai
 
 
-def parlai(*args, env=None, stdin=None, check=True):
-    proc = subprocess.run(
-        [PARLAI, *args], capture_output=True, text=True, env=env, input=stdin, timeout=300
-    )
-    if check and proc.returncode != 0:
-        raise AssertionError(f"parlai {' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    return proc
 
 
 @pytest.fixture(scope='module')

@@ -1,19 +1,11 @@
 """multiprocessing_train on 2 CPU workers (gloo): ParlAI's CUDA-only path, fixed in compat."""
 
-import subprocess
-
 import torch
 
-from conftest import PARLAI
+from conftest import run_parlai as parlai
 
 MODEL = ['--n-layers', '2', '--embedding-size', '16', '--ffn-size', '32', '--n-heads', '2',
          '--num-experts', '16', '--hash-layers', '0,1']
-
-
-def parlai(*args, cwd):
-    proc = subprocess.run([PARLAI, *args], capture_output=True, text=True, timeout=300, cwd=cwd)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return proc
 
 
 def test_two_worker_fine_tune_with_frozen_experts_then_single_process_eval(tmp_path):

@@ -1,10 +1,8 @@
 """--expert-parallel through ParlAI's multiprocessing_train (2 and 4 CPU workers)."""
 
-import subprocess
-
 import torch
 
-from conftest import PARLAI
+from conftest import run_parlai as parlai
 
 TASK = ['-t', 'integration_tests:nocandidate']
 MODEL = ['-m', 'hash_generator', '--n-layers', '2', '--embedding-size', '16', '--ffn-size', '32',
@@ -14,12 +12,6 @@ MODEL = ['-m', 'hash_generator', '--n-layers', '2', '--embedding-size', '16', '-
 TRAIN = ['-dt', 'train:ordered', '-bs', '4', '--max-train-steps', '6', '-vstep', '6',
          '--validation-max-exs', '8', '-lr', '0.5', '--optimizer', 'sgd',
          '--skip-generation', 'true', '-vmt', 'ppl', '--short-final-eval', 'true']
-
-
-def parlai(*args, cwd):
-    proc = subprocess.run([PARLAI, *args], capture_output=True, text=True, timeout=300, cwd=cwd)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return proc
 
 
 def test_expert_parallel_training_equals_data_parallel_and_checkpoints_are_whole(tmp_path):
@@ -51,9 +43,9 @@ def test_expert_parallel_training_equals_data_parallel_and_checkpoints_are_whole
 def test_experts_not_divisible_by_workers_is_an_option_error(tmp_path):
     d = str(tmp_path / 'model.dict')
     parlai('build_dict', *TASK, '--dict-file', d, cwd=tmp_path)
-    proc = subprocess.run([PARLAI, 'multiprocessing_train', '--distributed-world-size', '2',
-                           *MODEL[:-4], '--num-experts', '3', '--hash-layers', '0', *TASK, *TRAIN,
-                           '--dict-file', d, '-mf', str(tmp_path / 'm'), '--expert-parallel', 'true'],
-                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    proc = parlai('multiprocessing_train', '--distributed-world-size', '2',
+                  *MODEL[:-4], '--num-experts', '3', '--hash-layers', '0', *TASK, *TRAIN,
+                  '--dict-file', d, '-mf', str(tmp_path / 'm'), '--expert-parallel', 'true',
+                  cwd=tmp_path, check=False)
     assert proc.returncode != 0
     assert '--num-experts: 3 experts cannot be split evenly over 2 workers' in proc.stdout + proc.stderr

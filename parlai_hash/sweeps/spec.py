@@ -164,8 +164,10 @@ class Sweep:
         return [p for p in paths if '${' in str(p) or not p.exists()]
 
     def resolve_path(self, value: str) -> Path:
+        # Lexical, not Path.resolve(): a ../shared that is a symlink keeps its
+        # written name (CI links ../shared beside a fresh clone).
         path = Path(os.path.expanduser(value))
-        return path if path.is_absolute() else (self.root / path).resolve()
+        return path if path.is_absolute() else Path(os.path.normpath(self.root / path))
 
     def points(
         self,
