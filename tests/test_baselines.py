@@ -214,3 +214,40 @@ def test_training_loss_includes_the_balancing_loss_only_as_its_own_metric(agent_
 def test_negative_switch_options_name_the_option(agent_for, option, value):
     with pytest.raises(OptionError, match=f"^--{option.replace('_', '-')}"):
         agent_for('switch_generator', **{option: value})
+
+
+def test_router_z_loss_adds_its_weighted_term():
+    torch.manual_seed(5)
+    tokens = torch.randint(1, V, (2, 6))
+    hidden = torch.randn(2, 6, D)
+    plain, with_z = switch(), switch(z_loss_weight=0.1)
+    with_z.load_state_dict(plain.state_dict())
+    logits = hidden @ plain.router_weight.t()
+    z = torch.logsumexp(logits.reshape(-1, K), -1).pow(2).mean()
+    diff = with_z(ctx_for(tokens), hidden).aux_loss - plain(ctx_for(tokens), hidden).aux_loss
+    assert diff.item() == pytest.approx(0.1 * z.item(), rel=1e-5)
+
+
+def test_router_jitter_only_in_training():
+    torch.manual_seed(6)
+    router = switch(jitter=0.5)
+    tokens = torch.randint(1, V, (4, 32))
+    hidden = torch.randn(4, 32, D)
+    router.eval()
+    assert torch.equal(router(ctx_for(tokens), hidden).gates, router(ctx_for(tokens), hidden).gates)
+    router.train()
+    assert not torch.equal(router(ctx_for(tokens), hidden).gates, router(ctx_for(tokens), hidden).gates)
+
+
+def test_eval_capacity_factor_drops_in_evaluation_when_asked():
+    torch.manual_seed(7)
+    router = switch(eval_capacity_factor=0.5)
+    router.eval()
+    route = router(ctx_for(torch.randint(1, V, (1, 12))), torch.randn(1, 12, D))
+    assert route.keep is not None and int(route.keep.sum()) <= 2 * K
+    assert 'dropped' in route.stats
+
+
+def test_bad_auction_eps_names_the_option(agent_for):
+    with pytest.raises(OptionError, match='^--base-auction-eps'):
+        agent_for('base_generator', base_auction_eps=0)
