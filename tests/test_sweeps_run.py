@@ -55,7 +55,9 @@ points:
   - name: hash
     model: Hash Layer
     configuration: "1x{{num_experts}} {{hash_type}}"
-    options: {{model: hash_generator, num_experts: {K}, hash_layers: 1, hash_type: random}}
+    # invsqrt: its scheduler, not the loop, ends training at the step limit
+    options: {{model: hash_generator, num_experts: {K}, hash_layers: 1, hash_type: random,
+              lr_scheduler: invsqrt, warmup_updates: 1}}
   - name: ft
     model: Hash Layer
     configuration: fine-tuned, experts frozen
@@ -115,7 +117,11 @@ def test_records_hold_metrics_configuration_and_parameter_counts(ran):
     for record in (dense, hashed):
         assert record['valid']['ppl'] > 1 and record['test']['ppl'] > 1
         assert record['train_steps'] == 4 and record['seed'] == 7
-        assert record['valid_curve'] and record['valid_curve'][0]['train_steps'] == 2
+        # Validated every 2 steps and once more at the step limit (ParlAI alone would not).
+        assert [c['train_steps'] for c in record['valid_curve']] == [2.0, 4.0]
+        best = min(record['valid_curve'], key=lambda c: c['ppl'])
+        assert record['best_valid_step'] == best['train_steps']
+        assert record['valid']['ppl'] == pytest.approx(best['ppl'], rel=1e-6)  # the kept model is the best
     assert hashed['options']['num_experts'] == K and hashed['configuration'] == f'1x{K} random'
     assert hashed['command'].startswith('parlai train_model --model hash_generator')
     # K experts replace one dense FFN (d*D + D + D*d + d each); a hash has no router weights.

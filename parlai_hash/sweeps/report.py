@@ -2,7 +2,8 @@
 
 Rows come in the sweep file's order; the printed and Markdown tables use the
 paper's layout (Model, Configuration, Params, Valid PPL, Test PPL). The CSV
-keeps raw numbers and a few more columns (steps, training time, point name).
+keeps raw numbers and a few more columns (point name, steps, the step of the
+kept model, training time).
 Points without a record are listed with empty values, so a partial sweep
 shows what is missing.
 """
@@ -36,11 +37,12 @@ def records_frame(points: Sequence[Point], metric: str) -> pd.DataFrame:
             f'valid_{metric}': record.get('valid', {}).get(metric),
             f'test_{metric}': record.get('test', {}).get(metric),
             'train_steps': record.get('train_steps'),
+            'best_valid_step': record.get('best_valid_step'),
             'train_time_s': record.get('train_time_s'),
             'finished': bool(record),
         })
     frame = pd.DataFrame(rows)
-    for column in ('params', 'train_steps'):
+    for column in ('params', 'train_steps', 'best_valid_step'):
         frame[column] = frame[column].astype('Int64')
     return frame
 

@@ -70,6 +70,64 @@ def _slurm_tasks() -> int:
     return int(os.environ.get('SLURM_NTASKS', '1')) if 'SLURM_JOB_ID' in os.environ else 1
 
 
+class _ValidateAtLastStep:
+    """Mixin for ParlAI's ``TrainLoop``: validate once more when ``--max-train-steps`` is reached.
+
+    ParlAI 1.7.2 ends training at the step limit without validating — either
+    its loop checks the limit before its validation schedule, or (with
+    ``--lr-scheduler invsqrt``) the scheduler raises ``StopTrainException``
+    inside the last update — so the model it keeps and evaluates is the best
+    one up to the last *scheduled* validation (step 400 of 500 with a
+    validation every 100): the last steps would be trained and thrown away.
+    Validating at the limit (ParlAI keeps that model if it is the best so far)
+    makes every point of a sweep use all its steps.
+    """
+
+    def train_steps(self):
+        from parlai.core.exceptions import StopTrainException
+
+        world = self.world
+        parley = world.parley
+
+        def parley_then_validate_at_limit():
+            try:
+                parley()
+            except StopTrainException:
+                if self._train_steps + 1 >= self.max_train_steps:
+                    # The update of the last step was made; count it as the loop would.
+                    self.parleys += 1
+                    self._train_steps = self.parleys // self.update_freq
+                    self._validate_at_limit(world)
+                raise
+
+        world.parley = parley_then_validate_at_limit
+        yield from super().train_steps()
+
+    def _get_time(self, world):  # called every step, right before the step-limit check
+        times = super()._get_time(world)
+        if self._train_steps >= self.max_train_steps:
+            self._validate_at_limit(world)
+        return times
+
+    def _validate_at_limit(self, world) -> None:
+        from parlai.core.exceptions import StopTrainException
+
+        done = self.valid_reports and self.valid_reports[-1].get('train_steps') == self._train_steps
+        if done or self._last_valid_steps >= self._train_steps:
+            return
+        self._last_valid_steps = self._train_steps
+        # ParlAI sets these in _get_time (not yet called if the very first step of a
+        # resumed run hits the limit); validate() reads them.
+        epochs = getattr(self, '_total_epochs', self._preempted_epochs)
+        self._total_epochs = epochs
+        self._total_exs = int(round(epochs * world.num_examples()))
+        world.reset_metrics()
+        try:
+            self.validate()
+        except StopTrainException:
+            pass
+
+
 def _train(argv: list) -> Any:
     """Train with ParlAI's loop; returns the loop (its agent is the best model)."""
     if _slurm_tasks() > 1:
@@ -77,18 +135,32 @@ def _train(argv: list) -> Any:
         import parlai.utils.distributed as distributed_utils
         import parlai.utils.fsdp as fsdp_utils
 
+        class Loop(_ValidateAtLastStep, fsdp_utils.JoinableTrainLoop):
+            pass
+
         opt = distributed_train.setup_args().parse_args(argv)
         with distributed_utils.slurm_distributed_context(opt) as opt:
-            loop = fsdp_utils.JoinableTrainLoop(opt)
+            loop = Loop(opt)
             with fsdp_utils.fsdp_join(loop):
                 loop.final_reports = loop.train()
         return loop
     from parlai.scripts.train_model import TrainLoop, setup_args
 
+    class Loop(_ValidateAtLastStep, TrainLoop):  # type: ignore[no-redef]
+        pass
+
     opt = setup_args().parse_args(argv)
-    loop = TrainLoop(opt)
+    loop = Loop(opt)
     loop.final_reports = loop.train()
     return loop
+
+
+def best_valid_step(curve: list, metric: str, mode: str) -> Optional[float]:
+    """The step of the validation whose model ParlAI kept (the best one)."""
+    if not curve:
+        return None
+    pick = min if mode == 'min' else max
+    return pick(curve, key=lambda c: c[metric])['train_steps']
 
 
 def _is_primary() -> bool:
@@ -115,6 +187,7 @@ def run_point_file(point_file: str) -> Optional[Dict[str, Any]]:
     valid_report, test_report = loop.final_reports
     trainstats = {'valid_reports': loop.valid_reports, 'train_steps': loop._train_steps}
     model = getattr(loop.agent.model, 'module', loop.agent.model)
+    curve = valid_curve(trainstats, point['metric'])
     record = {
         'sweep': point['sweep'],
         'scale': point['scale'],
@@ -127,7 +200,8 @@ def run_point_file(point_file: str) -> Optional[Dict[str, Any]]:
         **count_parameters(model, loop.agent.opt),
         'train_steps': int(trainstats['train_steps']),
         'train_time_s': round(float(loop.train_time.time()), 1),
-        'valid_curve': valid_curve(trainstats, point['metric']),
+        'valid_curve': curve,
+        'best_valid_step': best_valid_step(curve, point['metric'], loop.agent.opt.get('validation_metric_mode', 'min')),
         'options': point['options'],
         'command': point['command'],
         'argv': point['argv'],
