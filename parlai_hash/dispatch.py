@@ -2,7 +2,9 @@
 
 One fast path for every router: tokens are sorted by expert so that each expert
 runs a single GEMM on a contiguous slice, then the outputs are un-permuted.
-Routing (which expert a token goes to) lives in ``parlai_hash.routing``.
+Routing (which expert a token goes to) lives in ``parlai_hash.routing``; the
+GEMM kernels over sorted rows (per-expert loop, torch's grouped GEMM on CUDA)
+in ``parlai_hash.grouped_gemm``.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from typing import Callable, List, Optional
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from parlai_hash.grouped_gemm import GEMM_BACKENDS, grouped_linear
 
 
 @dataclass
@@ -53,76 +57,6 @@ class DispatchPlan:
         )
 
 
-def _grouped_forward(x, weight, bias, counts: List[int]) -> torch.Tensor:
-    out = x.new_empty(x.shape[0], weight.shape[2])
-    out[sum(counts) :].zero_()  # rows no expert computes (dropped tokens)
-    start = 0
-    for e, n in enumerate(counts):
-        if n:
-            end = start + n
-            torch.addmm(bias[e], x[start:end], weight[e], out=out[start:end])
-            start = end
-    return out
-
-
-class GroupedLinear(torch.autograd.Function):
-    """``y[rows of e] = x[rows of e] @ weight[e] + bias[e]`` on expert-sorted rows.
-
-    Written as one autograd Function so that weight gradients are computed
-    straight into one ``[K, a, b]`` buffer; indexing a stacked parameter per
-    expert under autograd would allocate a full-size zero gradient per expert.
-    """
-
-    @staticmethod
-    def forward(ctx, x, weight, bias, counts):  # type: ignore[override]
-        ctx.counts = counts
-        ctx.save_for_backward(x, weight)
-        return _grouped_forward(x, weight, bias, counts)
-
-    @staticmethod
-    def backward(ctx, grad_out):  # type: ignore[override]
-        x, weight = ctx.saved_tensors
-        counts = ctx.counts
-        grad_out = grad_out.contiguous()
-        grad_x = grad_w = grad_b = None
-        need_x, need_w, need_b = ctx.needs_input_grad[:3]
-        if need_x:
-            grad_x = torch.empty_like(x)
-            grad_x[sum(counts) :].zero_()
-        if need_w:
-            grad_w = torch.empty_like(weight)
-        if need_b:
-            grad_b = grad_out.new_empty(weight.shape[0], weight.shape[2])
-        start = 0
-        for e, n in enumerate(counts):
-            if n == 0:
-                if need_w:
-                    grad_w[e].zero_()
-                if need_b:
-                    grad_b[e].zero_()
-                continue
-            end = start + n
-            g = grad_out[start:end]
-            if need_x:
-                torch.mm(g, weight[e].t(), out=grad_x[start:end])
-            if need_w:
-                torch.mm(x[start:end].t(), g, out=grad_w[e])
-            if need_b:
-                torch.sum(g, dim=0, out=grad_b[e])
-            start = end
-        return grad_x, grad_w, grad_b, None
-
-
-def grouped_linear(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, counts: List[int]
-) -> torch.Tensor:
-    """Apply expert ``e``'s ``[a, b]`` weight to its contiguous run of rows."""
-    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad or bias.requires_grad):
-        return GroupedLinear.apply(x, weight, bias, counts)
-    # Inference (generation decodes one token per step): skip autograd's overhead.
-    return _grouped_forward(x, weight, bias, counts)
-
-
 ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     'relu': F.relu,
     'gelu': F.gelu,
@@ -160,6 +94,13 @@ class _ExpertsBase(nn.Module):
         self.dim_hidden = dim_hidden
         self.nonlinear = _activation(activation)
         self.relu_dropout = nn.Dropout(p=relu_dropout)
+        #: GEMM kernel over sorted rows (``--expert-gemm``); not saved, a run-time choice.
+        self.gemm = 'auto'
+
+    def set_gemm(self, backend: str) -> None:
+        if backend not in GEMM_BACKENDS:
+            raise ValueError(f"--expert-gemm {backend!r}: use one of {', '.join(GEMM_BACKENDS)}")
+        self.gemm = backend
 
 
 class ExpertFFN(_ExpertsBase):
@@ -190,9 +131,9 @@ class ExpertFFN(_ExpertsBase):
 
     def forward_sorted(self, x_sorted: torch.Tensor, counts: List[int]) -> torch.Tensor:
         """Run the experts on rows already sorted by expert."""
-        h = grouped_linear(x_sorted, self.expert_w1, self.expert_b1, counts)
+        h = grouped_linear(x_sorted, self.expert_w1, self.expert_b1, counts, self.gemm)
         h = self.relu_dropout(self.nonlinear(h))
-        return grouped_linear(h, self.expert_w2, self.expert_b2, counts)
+        return grouped_linear(h, self.expert_w2, self.expert_b2, counts, self.gemm)
 
     def forward(self, x: torch.Tensor, plan: DispatchPlan) -> torch.Tensor:
         """``x``: ``[..., d]``; ``plan`` routes its ``N = x.numel() // d`` rows.
@@ -245,7 +186,8 @@ class MultiHashExpertFFN(_ExpertsBase):
 
         def segment(inp, weights, biases, m):
             plan = plans[m]
-            out = grouped_linear(inp.index_select(0, plan.order), weights[m], biases[m], plan.counts)
+            out = grouped_linear(inp.index_select(0, plan.order), weights[m], biases[m],
+                                 plan.counts, self.gemm)
             return out.index_select(0, plan.inverse)
 
         n = self.num_hashes

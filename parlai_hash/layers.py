@@ -63,6 +63,7 @@ class SparseFFN(nn.Module):
             self.experts = MultiHashExpertFFN(
                 num_hashes, num_experts, dim, dim_hidden, relu_dropout, activation
             )
+        self.experts.set_gemm(opt.get('expert_gemm', 'auto'))
         self.routing: Optional[RoutingContext] = None  # bound by the owning stack
         self.last_load: Optional[torch.Tensor] = None  # tokens per expert, last forward
         self.last_route: Optional[Route] = None  # aux loss and stats of the last forward
@@ -281,6 +282,12 @@ class FrozenPredictor(nn.Module):
 
 class SparseTransformerModel(TransformerGeneratorModel):
     """Encoder-decoder Transformer whose listed FFNs are mixtures of experts."""
+
+    #: ParlAI's ``--fp16`` calls ``model.half()``; ``--fp16-dtype bfloat16`` sets this.
+    half_dtype: torch.dtype = torch.float16
+
+    def half(self):
+        return self.to(self.half_dtype)
 
     @classmethod
     def build(

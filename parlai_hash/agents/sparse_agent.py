@@ -29,6 +29,9 @@ from parlai_hash.options import SparsePlacement, n_decoder_layers
 compat.apply_loaded()
 install_excepthook()
 
+#: ``--fp16-dtype``: what ParlAI's ``--fp16`` (``model.half()``) converts to.
+HALF_DTYPES = {'float16': torch.float16, 'bfloat16': torch.bfloat16}
+
 #: ParlAI gives special tokens sentinel counts (~1e9); they are not real frequencies.
 _SENTINEL_COUNT = 1_000_000_000
 
@@ -96,6 +99,23 @@ class SparseGeneratorAgent(TransformerGeneratorAgent):
             'K/W experts of every sparse layer and tokens travel to their expert by '
             'all_to_all; checkpoints still hold all K experts. Ignored in one process.',
         )
+        group.add_argument(
+            '--expert-gemm',
+            type=str,
+            default='auto',
+            choices=['auto', 'loop', 'grouped_mm'],
+            help='GEMM kernel over expert-sorted tokens. auto: torch\'s grouped GEMM on CUDA '
+            'where it runs (bfloat16, sizes multiples of 8), else one GEMM per expert.',
+        )
+        group.add_argument(
+            '--fp16-dtype',
+            type=str,
+            default='float16',
+            choices=['float16', 'bfloat16'],
+            help='With --fp16 true: the half-precision type ParlAI converts the model to. '
+            'bfloat16 has float32\'s range (no overflow) and lets --expert-gemm auto use '
+            'the grouped GEMM on CUDA.',
+        )
         return parser
 
     def build_router(self, name: str) -> nn.Module:
@@ -117,6 +137,7 @@ class SparseGeneratorAgent(TransformerGeneratorAgent):
             router_factory=self.build_router,
             num_hashes=self._num_hashes(),
         )
+        model.half_dtype = HALF_DTYPES[self.opt.get('fp16_dtype', 'float16')]
         if self.opt['embedding_type'] != 'random':
             self._copy_embeddings(model.encoder.embeddings.weight, self.opt['embedding_type'])
         mode = self.opt.get('freeze', 'none')

@@ -1,0 +1,156 @@
+"""Grouped GEMM on expert-sorted rows: ``y[rows of e] = x[rows of e] @ W[e] + b[e]``.
+
+One layout (rows sorted by expert, ``counts`` rows each, rows past
+``sum(counts)`` dropped), two kernels:
+
+* ``loop``: one ``addmm`` per expert. Any device and dtype; the fastest we
+  measured on CPU (benchmarks/RESULTS.md), so ``auto`` uses it there.
+* ``grouped_mm``: torch's grouped GEMM (``F.grouped_mm``), one kernel for all
+  experts. torch documents it for bfloat16 on CUDA (SM >= 80); ``auto`` picks
+  it only where a probe call succeeds for that device and dtype and the
+  sizes meet its alignment rule (16-byte rows: ``d`` and ``D`` multiples of 8
+  in bfloat16). On CPU it exists too (a loop in C++), which lets the tests
+  check it against ``loop``.
+
+Dropped rows get output 0 and gradient 0 whatever the kernel: grouped_mm
+leaves rows past the last offset unwritten, so it only ever sees kept rows.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, List, Tuple
+
+import torch
+import torch.nn.functional as F
+
+GEMM_BACKENDS = ('auto', 'loop', 'grouped_mm')
+
+_grouped_mm = getattr(F, 'grouped_mm', None) or getattr(torch, '_grouped_mm', None)
+_PROBED: Dict[Tuple[str, torch.dtype], bool] = {}
+
+
+# ------------------------------------------------------------------ loop kernel
+
+def _loop_forward(x, weight, bias, counts: List[int]) -> torch.Tensor:
+    out = x.new_empty(x.shape[0], weight.shape[2])
+    out[sum(counts) :].zero_()  # rows no expert computes (dropped tokens)
+    start = 0
+    for e, n in enumerate(counts):
+        if n:
+            end = start + n
+            torch.addmm(bias[e], x[start:end], weight[e], out=out[start:end])
+            start = end
+    return out
+
+
+class LoopGroupedLinear(torch.autograd.Function):
+    """The ``loop`` kernel as one autograd Function.
+
+    Weight gradients go straight into one ``[K, a, b]`` buffer; indexing a
+    stacked parameter per expert under autograd would allocate a full-size
+    zero gradient per expert.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, counts):  # type: ignore[override]
+        ctx.counts = counts
+        ctx.save_for_backward(x, weight)
+        return _loop_forward(x, weight, bias, counts)
+
+    @staticmethod
+    def backward(ctx, grad_out):  # type: ignore[override]
+        x, weight = ctx.saved_tensors
+        counts = ctx.counts
+        grad_out = grad_out.contiguous()
+        grad_x = grad_w = grad_b = None
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        if need_x:
+            grad_x = torch.empty_like(x)
+            grad_x[sum(counts) :].zero_()
+        if need_w:
+            grad_w = torch.empty_like(weight)
+        if need_b:
+            grad_b = grad_out.new_empty(weight.shape[0], weight.shape[2])
+        start = 0
+        for e, n in enumerate(counts):
+            if n == 0:
+                if need_w:
+                    grad_w[e].zero_()
+                if need_b:
+                    grad_b[e].zero_()
+                continue
+            end = start + n
+            g = grad_out[start:end]
+            if need_x:
+                torch.mm(g, weight[e].t(), out=grad_x[start:end])
+            if need_w:
+                torch.mm(x[start:end].t(), g, out=grad_w[e])
+            if need_b:
+                torch.sum(g, dim=0, out=grad_b[e])
+            start = end
+        return grad_x, grad_w, grad_b, None
+
+
+def loop_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+                counts: List[int]) -> torch.Tensor:
+    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad or bias.requires_grad):
+        return LoopGroupedLinear.apply(x, weight, bias, counts)
+    # Inference (generation decodes one token per step): skip autograd's overhead.
+    return _loop_forward(x, weight, bias, counts)
+
+
+# ----------------------------------------------------------- grouped_mm kernel
+
+def grouped_mm_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+                      counts: List[int]) -> torch.Tensor:
+    """The ``grouped_mm`` kernel (autograd is torch's own)."""
+    if _grouped_mm is None:
+        raise RuntimeError("this torch has no grouped_mm; use --expert-gemm loop")
+    kept = sum(counts)
+    counts_t = torch.tensor(counts, dtype=torch.int64, device=x.device)
+    offsets = torch.cumsum(counts_t, 0).to(torch.int32)
+    y = _grouped_mm(x[:kept], weight, offs=offsets)
+    # grouped_mm takes no per-group bias yet: add each row's expert bias.
+    y = y + torch.repeat_interleave(bias, counts_t, dim=0, output_size=kept)
+    if kept < x.shape[0]:
+        y = torch.cat([y, y.new_zeros(x.shape[0] - kept, y.shape[1])])
+    return y
+
+
+def _aligned(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """grouped_mm needs 16-byte aligned rows in both operands."""
+    per_16_bytes = 16 // x.element_size()
+    return x.shape[1] % per_16_bytes == 0 and weight.shape[2] % per_16_bytes == 0
+
+
+def grouped_mm_available(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether torch's grouped GEMM runs here: CUDA and a successful probe call, cached."""
+    if _grouped_mm is None or device.type != 'cuda':
+        return False
+    key = (str(device), dtype)
+    if key not in _PROBED:
+        try:
+            a = torch.zeros(16, 16, device=device, dtype=dtype)
+            b = torch.zeros(2, 16, 16, device=device, dtype=dtype)
+            _grouped_mm(a, b, offs=torch.tensor([8, 16], device=device, dtype=torch.int32))
+            _PROBED[key] = True
+        except (RuntimeError, NotImplementedError):
+            _PROBED[key] = False
+    return _PROBED[key]
+
+
+def choose_backend(requested: str, x: torch.Tensor, weight: torch.Tensor) -> str:
+    """``auto`` -> ``grouped_mm`` where it runs and the sizes are aligned, else ``loop``."""
+    if requested != 'auto':
+        return requested
+    if x.is_cuda and _aligned(x, weight) and grouped_mm_available(x.device, x.dtype):
+        return 'grouped_mm'
+    return 'loop'
+
+
+def grouped_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+                   counts: List[int], backend: str = 'auto') -> torch.Tensor:
+    """Apply expert ``e``'s ``[a, b]`` weight and bias to its contiguous run of rows."""
+    if choose_backend(backend, x, weight) == 'grouped_mm':
+        return grouped_mm_linear(x, weight, bias, counts)
+    return loop_linear(x, weight, bias, counts)

@@ -1,0 +1,160 @@
+"""GEMM kernels over sorted rows and half-precision models (--fp16, --fp16-dtype, --expert-gemm).
+
+On CPU both kernels run, so they are checked against each other and against
+float32; the CUDA checks (grouped GEMM picked by ``auto``, bf16 on the device
+vs float32 on CPU) run where a GPU is present.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from parlai_hash.dispatch import DispatchPlan, ExpertFFN
+from parlai_hash.grouped_gemm import choose_backend, grouped_linear
+
+from test_baselines import _agent, batch_of, dict_file  # noqa: F401  (fixture)
+
+COUNTS = [5, 0, 7, 4]  # an empty expert; 3 dropped rows after the kept 16
+ROWS = sum(COUNTS) + 3
+
+
+def _inputs(dtype=torch.float32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(ROWS, 8, generator=g)
+    w = torch.randn(len(COUNTS), 8, 16, generator=g) / 3
+    b = torch.randn(len(COUNTS), 16, generator=g)
+    return [t.to(dtype).requires_grad_() for t in (x, w, b)]
+
+
+def _run(backend, x, w, b):
+    y = grouped_linear(x, w, b, COUNTS, backend)
+    (y.float() * torch.linspace(-1, 1, y.numel()).view_as(y)).sum().backward()
+    return y, x.grad, w.grad, b.grad
+
+
+def test_grouped_mm_kernel_equals_loop_kernel_in_float32():
+    loop = _run('loop', *_inputs())
+    grouped = _run('grouped_mm', *_inputs())
+    for a, b in zip(loop, grouped):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    y, grad_x, grad_w, _ = grouped
+    kept = sum(COUNTS)
+    assert torch.equal(y[kept:], torch.zeros_like(y[kept:]))  # dropped rows: output 0 ...
+    assert torch.equal(grad_x[kept:], torch.zeros_like(grad_x[kept:]))  # ... and no gradient
+    assert torch.equal(grad_w[1], torch.zeros_like(grad_w[1]))  # the empty expert
+
+
+@pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize('backend', ['loop', 'grouped_mm'])
+def test_half_precision_kernels_match_float32_within_its_tolerance(dtype, backend):
+    ref = _run('loop', *_inputs())
+    got = _run(backend, *_inputs(dtype))
+    tol = 3e-2 if dtype == torch.bfloat16 else 5e-3
+    for a, b in zip(ref, got):
+        assert b.dtype == dtype
+        torch.testing.assert_close(b.float(), a, rtol=tol, atol=tol * a.abs().max().item())
+
+
+def test_auto_uses_the_loop_on_cpu_and_a_forced_kernel_is_kept():
+    x, w, _ = _inputs(torch.bfloat16)
+    assert choose_backend('auto', x, w) == 'loop'
+    assert choose_backend('grouped_mm', x, w) == 'grouped_mm'
+    with pytest.raises(ValueError, match='--expert-gemm'):
+        ExpertFFN(2, 8, 16).set_gemm('cutlass')
+
+
+def _hash_agent(tmp_path, dict_file, **extra):
+    return _agent(tmp_path, dict_file, 'hash_generator', hash_type='random', dropout=0, **extra)
+
+
+def _forced(agent, batch, ys):
+    m = agent.model
+    return m.decode_forced(m.encoder(batch.text_vec), ys)[0]
+
+
+def test_expert_gemm_option_reaches_every_layer_and_both_kernels_agree(tmp_path, dict_file):
+    loop = _hash_agent(tmp_path, dict_file, expert_gemm='loop')
+    grouped = _hash_agent(tmp_path, dict_file, expert_gemm='grouped_mm')
+    assert {f.experts.gemm for f in grouped.model.sparse_ffns().values()} == {'grouped_mm'}
+    grouped.model.load_state_dict(loop.model.state_dict())
+    batch = batch_of(loop, [('1 2 3', '4 5 6'), ('7 8', '9 1 2 3')])
+    ys = torch.tensor([[5, 6, 7, 8]]).expand(2, -1)
+    outs = []
+    for agent in (loop, grouped):
+        agent.model.train()
+        agent.model.zero_grad()
+        out = _forced(agent, batch, ys)
+        out.logsumexp(-1).mean().backward()
+        outs.append((out, {n: p.grad for n, p in agent.model.named_parameters() if p.grad is not None}))
+    torch.testing.assert_close(outs[0][0], outs[1][0], rtol=1e-5, atol=1e-5)
+    assert outs[0][1].keys() == outs[1][1].keys()
+    for name in outs[0][1]:
+        torch.testing.assert_close(outs[0][1][name], outs[1][1][name], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize('fp16_dtype, tol', [('bfloat16', 5e-2), ('float16', 1e-2)])
+@pytest.mark.parametrize('model', ['hash_generator', 'base_generator'])
+def test_half_model_matches_float32(tmp_path, dict_file, model, fp16_dtype, tol):
+    """What ParlAI's --fp16 does to the model (``model.half()``), with --fp16-dtype."""
+    agent = _agent(tmp_path, dict_file, model, dropout=0, fp16_dtype=fp16_dtype)
+    agent.model.eval()
+    batch = batch_of(agent, [('1 2 3', '4 5 6'), ('7 8', '9 1 2 3')])
+    ys = torch.tensor([[5, 6, 7]]).expand(2, -1)
+    with torch.no_grad():
+        ref = _forced(agent, batch, ys)
+        agent.model.half()
+        got = _forced(agent, batch, ys)
+    want = getattr(torch, fp16_dtype)
+    assert got.dtype == want
+    assert {p.dtype for p in agent.model.parameters()} == {want}
+    real = ref > -1e9  # ParlAI scores the padding token -1e20
+    scale = ref[real].abs().max().item()
+    torch.testing.assert_close(got.float()[real], ref[real], rtol=tol, atol=tol * scale)
+    agent.model.train()
+    _forced(agent, batch, ys).float().logsumexp(-1).mean().backward()
+    grads = [p.grad for p in agent.model.parameters() if p.grad is not None]
+    assert grads and all(g.dtype == want and torch.isfinite(g).all() for g in grads)
+
+
+def test_switch_routes_in_float32_in_a_bfloat16_model(tmp_path, dict_file):
+    agent = _agent(tmp_path, dict_file, 'switch_generator', dropout=0, fp16_dtype='bfloat16')
+    agent.model.half()
+    ffn = next(iter(agent.model.sparse_ffns().values()))
+    seen = {}
+    linear = torch.nn.functional.linear
+
+    def spy(inp, weight, *args):
+        if weight.shape == ffn.router.router_weight.shape:
+            seen['dtype'] = (inp.dtype, weight.dtype)
+        return linear(inp, weight, *args)
+
+    batch = batch_of(agent, [('1 2 3', '4 5 6')])
+    torch.nn.functional.linear = spy
+    try:
+        out = _forced(agent, batch, torch.tensor([[5, 6]]))
+    finally:
+        torch.nn.functional.linear = linear
+    assert seen['dtype'] == (torch.float32, torch.float32)
+    assert out.dtype == torch.bfloat16
+
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here")
+
+
+@cuda
+def test_cuda_bfloat16_uses_grouped_gemm_and_matches_float32_on_cpu():
+    torch.manual_seed(0)
+    moe = ExpertFFN(8, 64, 256)
+    x = torch.randn(512, 64)
+    experts = torch.randint(0, 8, (512,))
+    keep = torch.rand(512) > 0.1
+    plan = DispatchPlan.from_experts(experts, 8, keep=keep)
+    ref = moe(x, plan)
+    gpu = ExpertFFN(8, 64, 256).cuda().to(torch.bfloat16)
+    gpu.load_state_dict(moe.state_dict())
+    xg = x.cuda().to(torch.bfloat16)
+    assert choose_backend('auto', xg, gpu.expert_w1) == 'grouped_mm'
+    plan_g = DispatchPlan.from_experts(experts.cuda(), 8, keep=keep.cuda())
+    got = gpu(xg, plan_g)
+    torch.testing.assert_close(got.float().cpu(), ref, rtol=3e-2, atol=3e-2 * ref.abs().max().item())
