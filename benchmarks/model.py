@@ -63,7 +63,7 @@ def build_dictionary(path: str, vocab: int) -> torch.Tensor:
     return full / full.sum()
 
 
-def make_agent(kind: str, dict_file: str, args: argparse.Namespace):
+def make_agent(kind: str, dict_file: str, args: argparse.Namespace, extra: Sequence[str] = ()):
     from parlai.core.agents import create_agent
     from parlai.core.params import ParlaiParser
 
@@ -76,6 +76,7 @@ def make_agent(kind: str, dict_file: str, args: argparse.Namespace):
     ]
     if kind != 'dense':
         argv += ['--num-experts', str(args.experts), '--sparse-layers', str(args.layers // 2)]
+    argv += list(extra)
     return create_agent(ParlaiParser(True, True).parse_args(argv))
 
 

@@ -29,3 +29,22 @@ def test_expert_parallel_benchmark_runs(capsys):
     out = capsys.readouterr().out
     for kind in ('hash-shared', 'hash-per-layer', 'switch'):
         assert f'| {kind} |' in out
+
+
+def test_gpu_benchmark_smoke_runs_on_cpu(capsys):
+    from benchmarks import gpu
+    gpu.main(['--device', 'cpu', '--quick'])
+    out = capsys.readouterr().out
+    assert out.startswith('Device: CPU; dtype bfloat16')
+    assert '| 8 | 512 |' in out and 'grouped_mm' in out
+    assert 'Whole model' in out and 'x dense)' in out
+
+
+def test_gpu_benchmark_says_when_there_is_no_gpu():
+    import pytest
+    import torch
+    from benchmarks import gpu
+    if torch.cuda.is_available():
+        pytest.skip('a GPU is present')
+    with pytest.raises(SystemExit, match='no CUDA device'):
+        gpu.main([])

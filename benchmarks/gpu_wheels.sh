@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Fetch (here, where pip reaches the registry) the wheels benchmarks/gpu_check.sh installs on the
+# device machine (Python 3.12, x86-64, torch already there). Pure-Python except zstandard.
+set -e
+grep -qx "/.whl/" .git/info/exclude 2>/dev/null || echo /.whl/ >> .git/info/exclude
+mkdir -p .whl
+for spec in parlai==1.7.2 iopath==0.1.9 nltk coloredlogs humanfriendly zstandard submitit; do
+  python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+    --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform any -d .whl "$spec"
+done
+ls .whl
