@@ -146,6 +146,10 @@ class ExpertFFN(_ExpertsBase):
         return y.index_select(0, plan.inverse).reshape(shape)
 
 
+#: ``(rows [N, a], weight [K, a, b], bias [K, b], hash m) -> [N, b]``, one MultiHash segment.
+SegmentFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int], torch.Tensor]
+
+
 class MultiHashExpertFFN(_ExpertsBase):
     """MultiHash (paper, section 3.2): N hashes, each picking one of K copies of a segment.
 
@@ -181,17 +185,22 @@ class MultiHashExpertFFN(_ExpertsBase):
 
     def forward(self, x: torch.Tensor, plans: List[DispatchPlan]) -> torch.Tensor:
         """``x``: ``[..., d]``; ``plans[m]`` routes the rows for hash m."""
-        shape = x.shape
-        flat = x.reshape(-1, self.dim)
 
-        def segment(inp, weights, biases, m):
+        def segment(rows, weight, bias, m):
             plan = plans[m]
-            out = grouped_linear(inp.index_select(0, plan.order), weights[m], biases[m],
-                                 plan.counts, self.gemm)
+            out = grouped_linear(rows.index_select(0, plan.order), weight, bias, plan.counts, self.gemm)
             return out.index_select(0, plan.inverse)
 
+        return self.forward_segments(x, segment)
+
+    def forward_segments(self, x: torch.Tensor, segment: SegmentFn) -> torch.Tensor:
+        """The MultiHash FFN around ``segment(rows, weight, bias, m)``, which applies
+        hash m's copies of one segment to every row: here (``forward``) or, under
+        expert parallelism, on the ranks that own them."""
+        shape = x.shape
+        flat = x.reshape(-1, self.dim)
         n = self.num_hashes
-        h = torch.cat([segment(flat, self.expert_w1, self.expert_b1, m) for m in range(n)], -1)
+        h = torch.cat([segment(flat, self.expert_w1[m], self.expert_b1[m], m) for m in range(n)], -1)
         h = self.relu_dropout(self.nonlinear(h))
-        y = torch.cat([segment(h, self.expert_w2, self.expert_b2, m) for m in range(n)], -1)
+        y = torch.cat([segment(h, self.expert_w2[m], self.expert_b2[m], m) for m in range(n)], -1)
         return y.reshape(shape)

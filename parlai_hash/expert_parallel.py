@@ -6,7 +6,8 @@ data-parallel. The plan (who sends how many tokens to whom, and how received
 tokens regroup by local expert) depends only on the expert ids, so for hash
 routing it is known from the token ids before the layer runs and one plan
 serves every layer that shares the table; Switch must build it per layer, after
-its router. Rank r owns experts ``[r·K/W, (r+1)·K/W)``.
+its router. Rank r owns experts ``[r·K/W, (r+1)·K/W)``; under MultiHash, those
+copies of every segment, and each hash moves tokens with its own plan.
 
 Checkpoints stay ordinary: ``gather_experts`` rebuilds the full ``[K, ...]``
 tensors from the shards (a collective: every rank calls it), and
@@ -16,13 +17,18 @@ tensors from the shards (a collective: every rank calls it), and
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Optional
+from typing import Callable, List, Optional, Union
 
 import torch
 import torch.distributed as dist
 
-from parlai_hash.dispatch import DispatchPlan, ExpertFFN
+from parlai_hash.dispatch import DispatchPlan, ExpertFFN, MultiHashExpertFFN, grouped_linear
 from parlai_hash.errors import OptionError
+
+#: Either kind of expert module (a sparse layer's ``experts``).
+Experts = Union[ExpertFFN, MultiHashExpertFFN]
+#: ``(rows sorted by local expert, tokens per local expert) -> outputs``.
+GroupedFn = Callable[[torch.Tensor, List[int]], torch.Tensor]
 
 
 class AllToAll(torch.autograd.Function):
@@ -105,20 +111,43 @@ class ExpertParallelPlan:
 
 
 def expert_parallel_forward(
-    x: torch.Tensor, plan: ExpertParallelPlan, local_experts: ExpertFFN
+    x: torch.Tensor, plan: ExpertParallelPlan, compute: Union[ExpertFFN, GroupedFn]
 ) -> torch.Tensor:
-    """The sparse FFN over ranks: ``x [..., d]`` -> ``[..., d]`` (dropped rows 0)."""
-    shape = x.shape
-    flat = x.reshape(-1, shape[-1])
+    """Experts over ranks: ``x [..., a]`` -> ``[..., b]`` (dropped rows 0).
+
+    ``compute`` runs this rank's experts on the rows they received, sorted by
+    local expert: an ``ExpertFFN`` (its whole FFN) or any grouped function,
+    e.g. one MultiHash segment.
+    """
+    if isinstance(compute, ExpertFFN):
+        compute = compute.forward_sorted
+    flat = x.reshape(-1, x.shape[-1])
     kept = sum(plan.send_splits)
     outgoing = flat.index_select(0, plan.local.order[:kept])
     incoming = AllToAll.apply(outgoing, plan.recv_splits, plan.send_splits, plan.group)
-    grouped = incoming.index_select(0, plan.regroup)
-    y = local_experts.forward_sorted(grouped, plan.local_counts)
+    y = compute(incoming.index_select(0, plan.regroup), plan.local_counts)
     returned = AllToAll.apply(y.index_select(0, plan.ungroup), plan.send_splits, plan.recv_splits, plan.group)
     if plan.local.dropped:
-        returned = torch.cat([returned, returned.new_zeros(plan.local.dropped, shape[-1])])
-    return returned.index_select(0, plan.local.inverse).reshape(shape)
+        returned = torch.cat([returned, returned.new_zeros(plan.local.dropped, y.shape[-1])])
+    return returned.index_select(0, plan.local.inverse).reshape(*x.shape[:-1], y.shape[-1])
+
+
+def multihash_expert_parallel_forward(
+    x: torch.Tensor, plans: List[ExpertParallelPlan], local_experts: MultiHashExpertFFN
+) -> torch.Tensor:
+    """MultiHash over ranks: hash m's segments travel with ``plans[m]``.
+
+    Each segment is its own round trip: ``B_m`` reads the whole hidden vector,
+    which exists only back on the token's rank once every ``A_m`` has run.
+    """
+
+    def segment(rows, weight, bias, m):
+        def compute(received: torch.Tensor, counts: List[int]) -> torch.Tensor:
+            return grouped_linear(received, weight, bias, counts, local_experts.gemm)
+
+        return expert_parallel_forward(rows, plans[m], compute)
+
+    return local_experts.forward_segments(x, segment)
 
 
 def shard_experts(full: torch.Tensor, rank: int, world_size: int) -> torch.Tensor:
@@ -134,12 +163,26 @@ def gather_experts(local: torch.Tensor, group: Optional[dist.ProcessGroup] = Non
     return torch.cat(parts, dim=0)
 
 
-def local_expert_ffn(full: ExpertFFN, rank: int, world_size: int) -> ExpertFFN:
-    """This rank's ``ExpertFFN`` holding its K/W experts of ``full``."""
-    per_rank = experts_per_rank(full.num_experts, world_size)
-    local = ExpertFFN(per_rank, full.dim, full.dim_hidden, full.relu_dropout.p).to(full.expert_w1.dtype)
-    local.nonlinear = full.nonlinear
+def experts_like(template: Experts, num_experts: int) -> Experts:
+    """A module like ``template`` (kind, sizes, activation, dropout, kernel,
+    dtype, device) with ``num_experts`` experts; its weights are to be copied in."""
+    sizes = (num_experts, template.dim, template.dim_hidden, template.relu_dropout.p)
+    if isinstance(template, MultiHashExpertFFN):
+        new = MultiHashExpertFFN(template.num_hashes, *sizes)
+    else:
+        new = ExpertFFN(*sizes)
+    like = next(template.parameters())
+    new = new.to(device=like.device, dtype=like.dtype)
+    new.nonlinear, new.gemm = template.nonlinear, template.gemm
+    return new
+
+
+def local_expert_ffn(full: Experts, rank: int, world_size: int) -> Experts:
+    """This rank's experts module holding its K/W experts of ``full``
+    (MultiHash: K/W copies of every segment)."""
+    local = experts_like(full, experts_per_rank(full.num_experts, world_size))
+    whole = dict(full.named_parameters())
     with torch.no_grad():
-        for name in ('expert_w1', 'expert_b1', 'expert_w2', 'expert_b2'):
-            getattr(local, name).copy_(shard_experts(getattr(full, name), rank, world_size))
+        for name, param in local.named_parameters():
+            param.copy_(shard_experts(whole[name], rank, world_size))
     return local

@@ -21,7 +21,12 @@ from parlai.nn.checkpoint import checkpoint_wrapper
 from parlai.utils.fsdp import fsdp_wrap
 
 from parlai_hash.dispatch import DispatchPlan, ExpertFFN, MultiHashExpertFFN
-from parlai_hash.expert_parallel import ExpertParallelPlan, expert_parallel_forward
+from parlai_hash.expert_parallel import (
+    Experts,
+    ExpertParallelPlan,
+    expert_parallel_forward,
+    multihash_expert_parallel_forward,
+)
 from parlai_hash.errors import OptionError
 from parlai_hash.routing import Route, RoutingContext
 
@@ -72,7 +77,7 @@ class SparseFFN(nn.Module):
         # gathered on every rank, so it needs no collective (ranks may run
         # different numbers of batches or decoding steps there).
         self.expert_parallel = False
-        self.full_experts: Optional[ExpertFFN] = None
+        self.full_experts: Optional[Experts] = None
 
     def forward(self, x: torch.Tensor, **kwargs) -> torch.Tensor:
         if self.routing is None:
@@ -96,34 +101,33 @@ class SparseFFN(nn.Module):
                 experts[real].reshape(-1), minlength=self.num_experts
             ).cpu()
         self.last_route = route
+        # One plan per hash (MultiHash: hash m routes segment m).
+        per_hash = [experts] if self.num_hashes == 1 else experts.unbind(-1)
         if self.expert_parallel and self.training:
-            plan = self._plan(decided, 'expert-parallel', lambda: ExpertParallelPlan.build(
-                experts, self.num_experts, keep=keep))
-            y = expert_parallel_forward(x, plan, self.experts)
-        elif self.num_hashes == 1:
-            plan = self._plan(decided, 'local', lambda: DispatchPlan.from_experts(
-                experts, self.num_experts, keep=keep))
-            if self.expert_parallel:
-                if self.full_experts is None:
-                    raise RuntimeError(
-                        f"{self.name}: expert-parallel experts were not gathered for evaluation"
-                    )
-                y = self.full_experts(x, plan)
+            plans = self._plan(decided, 'expert-parallel', lambda: [
+                ExpertParallelPlan.build(e, self.num_experts, keep=keep) for e in per_hash])
+            if self.num_hashes == 1:
+                y = expert_parallel_forward(x, plans[0], self.experts)
             else:
-                y = self.experts(x, plan)
+                y = multihash_expert_parallel_forward(x, plans, self.experts)
         else:
-            plans = [
-                DispatchPlan.from_experts(experts[..., m], self.num_experts, keep=keep)
-                for m in range(self.num_hashes)
-            ]
-            y = self.experts(x, plans)
+            plans = self._plan(decided, 'local', lambda: [
+                DispatchPlan.from_experts(e, self.num_experts, keep=keep) for e in per_hash])
+            y = self._all_experts()(x, plans[0] if self.num_hashes == 1 else plans)
         if route.gates is not None:
             y = y * route.gates.unsqueeze(-1)
         return y
 
+    def _all_experts(self) -> Experts:
+        """All K experts on this rank: the layer's own, or (expert-parallel) the gathered copy."""
+        if not self.expert_parallel:
+            return self.experts
+        if self.full_experts is None:
+            raise RuntimeError(f"{self.name}: expert-parallel experts were not gathered for evaluation")
+        return self.full_experts
 
     def _plan(self, decided, kind: str, build):
-        """A plan shared with other layers routed by the same hash table, else new.
+        """Plans (one per hash) shared with other layers routed by the same hash table, else new.
 
         Hash routing is known from the token ids alone, so layers sharing a table
         (``--hash-per-layer same``) share one plan per forward pass; in

@@ -6,11 +6,12 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+import torch.nn as nn
 
 from parlai_hash.dispatch import DispatchPlan, ExpertFFN
 from parlai_hash.expert_parallel import (ExpertParallelPlan, expert_parallel_forward, gather_experts,
                                          local_expert_ffn, shard_experts)
-from parlai_hash.routing import RoutingContext, SwitchRouter
+from parlai_hash.routing import HashRouter, RoutingContext, SwitchRouter
 
 K, D, H, N, V = 8, 6, 10, 7, 40  # experts, dim, hidden, tokens per rank, vocab
 
@@ -98,3 +99,91 @@ def test_experts_must_divide_over_workers():
     with pytest.raises(OptionError, match='^--num-experts'):
         experts_per_rank(6, 4)
     assert experts_per_rank(8, 4) == 2
+
+
+# ------------------------------------------------------------------ MultiHash
+# SparseFFN and the sharding helpers import ParlAI (~1 s): imported here, not at
+# the top, so the workers of the tests above start without it.
+
+NH = 2  # hashes: segments of D/NH and H/NH
+
+
+def multihash_layers(seed):
+    """Two MultiHash layers sharing one table (``--hash-per-layer same``): one plan list serves both."""
+    from parlai_hash.layers import SparseFFN
+    torch.manual_seed(seed)
+    table = torch.randint(K, (NH, V))
+    return nn.ModuleList(
+        SparseFFN({}, f'dec{i}', HashRouter('random', K, 0, table), K, D, H, num_hashes=NH)
+        for i in range(2)
+    ).double()
+
+
+def multihash_forward(layers, tokens, x):
+    ctx = RoutingContext.full(tokens, pad_idx=0)
+    for layer in layers:
+        layer.routing = ctx
+    h = x + layers[0](x)
+    return layers[1](h), ctx
+
+
+def multihash_worker(rank, world, init, out_dir):
+    from parlai_hash.agents.expert_sharding import (RANK_LOCAL, attach_eval_experts, gather_full_experts,
+                                                    shard_model, shard_state_dict)
+    dist.init_process_group('gloo', init_method=init, rank=rank, world_size=world)
+    try:
+        _, _, tokens, x, grad, _ = setup(world)
+        full = multihash_layers(seed=0).state_dict()
+        layers = multihash_layers(seed=100 + rank)  # other weights: the checkpoint must replace them
+        shard_model(layers, rank, world)
+        shard_state_dict(layers, full, rank, world)  # a whole checkpoint loads on any W
+        layers.load_state_dict(full)
+        xr = x[rank : rank + 1].clone().requires_grad_(True)
+        y, ctx = multihash_forward(layers, tokens[rank : rank + 1], xr)
+        (y * grad[rank : rank + 1]).sum().backward()
+        attach_eval_experts(layers)
+        layers.eval()
+        with torch.no_grad():
+            y_eval, _ = multihash_forward(layers, tokens[rank : rank + 1], xr)
+        torch.save({
+            'y': y.detach(), 'dx': xr.grad, 'y_eval': y_eval, 'plans': list(ctx.plans.values()),
+            'grads': {n: p.grad for n, p in layers.named_parameters() if getattr(p, RANK_LOCAL, False)},
+            'full': gather_full_experts(layers),
+        }, os.path.join(out_dir, f'rank{rank}.pt'))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize('world', [2, 4])
+def test_multihash_expert_parallel_equals_single_process(tmp_path, world):
+    init = f'file://{tmp_path}/rendezvous'
+    mp.spawn(multihash_worker, args=(world, init, str(tmp_path)), nprocs=world, join=True)
+    _, _, tokens, x, grad, _ = setup(world)
+    ref = multihash_layers(seed=0)
+    x = x.clone().requires_grad_(True)
+    y_ref, _ = multihash_forward(ref, tokens, x)
+    (y_ref * grad).sum().backward()
+    ref_params = dict(ref.named_parameters())
+    for r in range(world):
+        res = torch.load(tmp_path / f'rank{r}.pt', weights_only=False)
+        torch.testing.assert_close(res['y'][0], y_ref[r].detach())
+        torch.testing.assert_close(res['y_eval'][0], y_ref[r].detach())
+        torch.testing.assert_close(res['dx'][0], x.grad[r])
+        # every segment of both layers: [K/W, ...] shards of the full gradients
+        assert len(res['grads']) == 2 * 4 * NH
+        for name, g in res['grads'].items():
+            assert g.shape[0] == K // world
+            torch.testing.assert_close(g, shard_experts(ref_params[name].grad, r, world))
+        assert res['full'].keys() == {n for n in ref_params if '.experts.' in n}
+        for name, w in res['full'].items():
+            torch.testing.assert_close(w, ref_params[name].detach())
+        (plans,) = res['plans']  # one exchange of counts per hash, shared by both layers
+        assert len(plans) == NH
+    assert y_ref[0, -2:].abs().sum() == 0  # padding was never computed
+
+
+def test_multihash_experts_must_divide_over_workers():
+    from parlai_hash.agents.expert_sharding import shard_model
+    from parlai_hash.errors import OptionError
+    with pytest.raises(OptionError, match='^--num-experts'):
+        shard_model(multihash_layers(seed=0), 0, 3)

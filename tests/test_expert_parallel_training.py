@@ -40,6 +40,26 @@ def test_expert_parallel_training_equals_data_parallel_and_checkpoints_are_whole
     assert w4['decoder.layers.1.ffn.experts.expert_w2'].shape[0] == 4
 
 
+def test_multihash_expert_parallel_training_equals_data_parallel_and_evaluates_on_one_process(tmp_path):
+    d = str(tmp_path / 'model.dict')
+    parlai('build_dict', *TASK, '--dict-file', d, cwd=tmp_path)
+    runs = {}
+    for ep in ('false', 'true'):
+        runs[ep] = str(tmp_path / f'ep_{ep}')
+        parlai('multiprocessing_train', '--distributed-world-size', '2', *MODEL, '--multihash', '2',
+               *TASK, *TRAIN, '--max-train-steps', '3', '-vstep', '3', '--dict-file', d, '-mf', runs[ep],
+               '--expert-parallel', ep, cwd=tmp_path)
+    dp = torch.load(runs['false'], weights_only=False)['model']
+    ep = torch.load(runs['true'], weights_only=False)['model']
+    assert set(dp) == set(ep)
+    assert ep['decoder.layers.1.ffn.experts.expert_w2.1'].shape == (4, 32, 8)  # all K copies of a segment
+    for key in dp:
+        if dp[key].is_floating_point():
+            torch.testing.assert_close(ep[key], dp[key], rtol=1e-5, atol=1e-6)
+    ev = parlai('eval_model', '-mf', runs['true'], *TASK, '--num-examples', '8', cwd=tmp_path)
+    assert 'dec0_load_max' in ev.stdout
+
+
 def test_experts_not_divisible_by_workers_is_an_option_error(tmp_path):
     d = str(tmp_path / 'model.dict')
     parlai('build_dict', *TASK, '--dict-file', d, cwd=tmp_path)

@@ -1,6 +1,7 @@
 """``--expert-parallel``: shard every sparse layer's experts over the training workers.
 
-Rank r keeps experts [r·K/W, (r+1)·K/W) (parlai_hash.expert_parallel). What
+Rank r keeps experts [r·K/W, (r+1)·K/W) (parlai_hash.expert_parallel); a
+MultiHash layer keeps those copies of each of its segments. What
 ParlAI's data-parallel training needs around that, kept in this one module:
 
 * DDP must not all-reduce expert gradients (each rank owns its experts).
@@ -27,13 +28,11 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-from parlai_hash.dispatch import ExpertFFN
-from parlai_hash.expert_parallel import experts_per_rank, gather_experts, local_expert_ffn
+from parlai_hash.expert_parallel import experts_like, experts_per_rank, gather_experts, local_expert_ffn
 from parlai_hash.layers import SparseFFN
 
 #: Marks a parameter that differs by rank (an expert shard).
 RANK_LOCAL = '_parlai_hash_rank_local'
-EXPERT_PARAMS = ('expert_w1', 'expert_b1', 'expert_w2', 'expert_b2')
 
 
 def sparse_layers(model: nn.Module) -> Dict[str, SparseFFN]:
@@ -43,16 +42,11 @@ def sparse_layers(model: nn.Module) -> Dict[str, SparseFFN]:
 
 def shard_model(model: nn.Module, rank: int, world: int) -> None:
     """Keep this rank's experts; tell DDP to leave them alone."""
-    for name, ffn in sparse_layers(model).items():
-        if ffn.num_hashes != 1:
-            from parlai_hash.errors import OptionError
-            raise OptionError('--expert-parallel', "MultiHash layers cannot be sharded yet",
-                              "use --multihash 1 with --expert-parallel")
-        full = ffn.experts
-        local = local_expert_ffn(full, rank, world)
-        for pname in EXPERT_PARAMS:
-            param = getattr(local, pname)
-            param.requires_grad_(getattr(full, pname).requires_grad)
+    for ffn in sparse_layers(model).values():
+        full = dict(ffn.experts.named_parameters())
+        local = local_expert_ffn(ffn.experts, rank, world)
+        for pname, param in local.named_parameters():
+            param.requires_grad_(full[pname].requires_grad)  # keeps --freeze experts
             setattr(param, RANK_LOCAL, True)
         ffn.experts = local
         ffn.expert_parallel = True
@@ -61,7 +55,8 @@ def shard_model(model: nn.Module, rank: int, world: int) -> None:
 
 
 def shard_state_dict(model: nn.Module, state: Dict[str, torch.Tensor], rank: int, world: int) -> None:
-    """Slice full ``[K, ...]`` expert tensors of a checkpoint to this rank's shard."""
+    """Slice full ``[K, ...]`` expert tensors of a checkpoint to this rank's shard
+    (MultiHash segments too: ``...experts.expert_w1.0``)."""
     own = model.state_dict()
     for key, value in list(state.items()):
         if key in own and own[key].dim() and value.shape[0] != own[key].shape[0] and '.experts.' in key:
@@ -73,8 +68,8 @@ def gather_full_experts(model: nn.Module) -> Dict[str, torch.Tensor]:
     """State-dict key -> all K experts (every rank must call this)."""
     full = {}
     for name, ffn in sparse_layers(model).items():
-        for pname in EXPERT_PARAMS:
-            full[f'{name}.experts.{pname}'] = gather_experts(getattr(ffn.experts, pname).detach())
+        for pname, param in ffn.experts.named_parameters():
+            full[f'{name}.experts.{pname}'] = gather_experts(param.detach())
     return full
 
 
@@ -82,13 +77,10 @@ def attach_eval_experts(model: nn.Module) -> None:
     """Give every sharded layer a full copy of its experts for evaluation."""
     full = gather_full_experts(model)
     for name, ffn in sparse_layers(model).items():
-        local = ffn.experts
-        copy = ExpertFFN(ffn.num_experts, local.dim, local.dim_hidden, local.relu_dropout.p)
-        copy = copy.to(device=local.expert_w1.device, dtype=local.expert_w1.dtype)
-        copy.nonlinear = local.nonlinear
+        copy = experts_like(ffn.experts, ffn.num_experts)
         with torch.no_grad():
-            for pname in EXPERT_PARAMS:
-                getattr(copy, pname).copy_(full[f'{name}.experts.{pname}'])
+            for pname, param in copy.named_parameters():
+                param.copy_(full[f'{name}.experts.{pname}'])
         copy.requires_grad_(False)
         ffn.full_experts = copy
 
