@@ -158,3 +158,12 @@ def test_cuda_bfloat16_uses_grouped_gemm_and_matches_float32_on_cpu():
     plan_g = DispatchPlan.from_experts(experts.cuda(), 8, keep=keep.cuda())
     got = gpu(xg, plan_g)
     torch.testing.assert_close(got.float().cpu(), ref, rtol=3e-2, atol=3e-2 * ref.abs().max().item())
+
+
+@pytest.mark.parametrize('option, value', [('--expert-gemm', 'cutlass'), ('--fp16-dtype', 'float8')])
+def test_bad_kernel_or_half_dtype_is_refused_naming_the_option(option, value, capsys):
+    from parlai.core.params import ParlaiParser
+
+    with pytest.raises(SystemExit):
+        ParlaiParser(True, True).parse_args(['-m', 'hash_generator', option, value])
+    assert f"argument {option}: invalid choice: '{value}'" in capsys.readouterr().err
