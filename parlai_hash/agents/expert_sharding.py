@@ -10,7 +10,8 @@ ParlAI's data-parallel training needs around that, kept in this one module:
 * Expert gradients sum every worker's loss; DDP *averages* the dense ones, so
   expert gradients are divided by W to match a single data-parallel model.
 * Gradient clipping must use the global norm (dense + every rank's experts),
-  or ranks would scale the shared dense gradients differently.
+  or ranks would scale the shared dense gradients differently; under --fp16
+  that global norm is also what detects an overflow, so all ranks skip alike.
 * Checkpoints hold all K experts (gathered, a collective that ParlAI's
   ``save``/``save_nonprimary`` give us on every rank), so they load on one
   process or any W dividing K; the optimizer's state of sharded experts is
@@ -21,8 +22,8 @@ ParlAI's data-parallel training needs around that, kept in this one module:
 
 from __future__ import annotations
 
-import math
-from typing import Dict, Optional
+from contextlib import contextmanager
+from typing import Dict, Iterable, Iterator, Optional, Set
 
 import torch
 import torch.distributed as dist
@@ -106,28 +107,78 @@ def sync_dense_parameters(model: nn.Module) -> bool:
     return True
 
 
-def global_grad_norm_and_scale(model: nn.Module, world: int) -> float:
-    """Divide expert gradients by W, return the global gradient norm."""
+def scale_expert_grads(model: nn.Module, factor: float) -> None:
+    """Multiply this rank's expert-shard gradients (any dtype, loss-scaled or not)."""
+    for p in model.parameters():
+        if p.grad is not None and getattr(p, RANK_LOCAL, False):
+            p.grad.mul_(factor)
+
+
+def rank_local_ids(model: nn.Module, optimizer) -> Set[int]:
+    """ids of the expert-shard parameters, and of the float32 master copies that
+    ParlAI's safe fp16 optimizer keeps of them (its norm is taken over those)."""
+    ids = {id(p) for p in model.parameters() if getattr(p, RANK_LOCAL, False)}
+    for p, p32 in zip(getattr(optimizer, 'fp16_params', ()), getattr(optimizer, 'fp32_params', ())):
+        if id(p) in ids:
+            ids.add(id(p32))
+    return ids
+
+
+def global_grad_norm(params: Iterable[torch.Tensor], local_ids: Set[int],
+                     max_norm: float = 0.0) -> torch.Tensor:
+    """Norm over dense gradients (equal on every rank) and every rank's expert
+    shards; clips to ``max_norm`` if positive. Every rank gets the same norm, so
+    they scale shared gradients alike and agree on an fp16 overflow (inf/nan)."""
+    params = [p for p in params if p.grad is not None]
     dense_sq = torch.zeros((), dtype=torch.float64)
     local_sq = torch.zeros((), dtype=torch.float64)
-    for p in model.parameters():
-        if p.grad is None:
-            continue
-        if getattr(p, RANK_LOCAL, False):
-            p.grad.div_(world)
-            local_sq += p.grad.detach().double().pow(2).sum()
+    for p in params:
+        sq = p.grad.detach().double().pow(2).sum().cpu()
+        if id(p) in local_ids:
+            local_sq += sq
         else:
-            dense_sq += p.grad.detach().double().pow(2).sum()
+            dense_sq += sq
     dist.all_reduce(local_sq, dist.ReduceOp.SUM)
-    return math.sqrt(float(dense_sq + local_sq))
-
-
-def clip_(model: nn.Module, max_norm: float, norm: float) -> None:
-    coef = max_norm / (norm + 1e-6)
-    if coef < 1:
-        for p in model.parameters():
-            if p.grad is not None:
+    norm = (dense_sq + local_sq).sqrt().float()
+    if max_norm > 0:
+        coef = max_norm / (float(norm) + 1e-6)
+        if coef < 1:
+            for p in params:
                 p.grad.mul_(coef)
+    return norm
+
+
+@contextmanager
+def global_norm_in_parlai_update(model: nn.Module, optimizer) -> Iterator[None]:
+    """Run ParlAI's own ``update_params`` (fp16 loss scaling and overflow skips,
+    metrics, scheduler) with every gradient norm it takes made global.
+
+    It takes the norm through one of three functions, looked up when called:
+    ``torch.nn.utils.clip_grad_norm_`` (float32 with --gradient-clip),
+    ``compute_grad_norm`` (without), and ``parlai.utils.fp16.clip_grad_norm``
+    (inside both fp16 optimizers). Each is swapped for the global norm here.
+    """
+    import parlai.core.torch_agent as torch_agent_module
+    import parlai.utils.fp16 as fp16_module
+
+    ids = rank_local_ids(model, optimizer)
+
+    def clip(params, max_norm=0.0, *args, **kwargs):
+        return global_grad_norm(params, ids, max_norm)
+
+    def norm_only(params, norm_type=2.0):
+        return global_grad_norm(params, ids)
+
+    saved = (torch.nn.utils.clip_grad_norm_, fp16_module.clip_grad_norm,
+             torch_agent_module.compute_grad_norm)
+    torch.nn.utils.clip_grad_norm_ = clip
+    fp16_module.clip_grad_norm = clip
+    torch_agent_module.compute_grad_norm = norm_only
+    try:
+        yield
+    finally:
+        (torch.nn.utils.clip_grad_norm_, fp16_module.clip_grad_norm,
+         torch_agent_module.compute_grad_norm) = saved
 
 
 def world_for(opt) -> Optional[int]:

@@ -12,11 +12,10 @@ from parlai.agents.transformer.transformer import (
     TransformerGeneratorAgent,
     _check_positional_embeddings,
 )
-from parlai.core.metrics import AverageMetric, GlobalAverageMetric, GlobalTimerMetric
+from parlai.core.metrics import AverageMetric
 from parlai.core.opt import Opt
 from parlai.core.params import ParlaiParser
 from parlai.utils.misc import warn_once
-from parlai.utils.distributed import is_primary_worker
 
 from parlai_hash import compat
 from parlai_hash.agents import expert_sharding as sharding
@@ -148,9 +147,6 @@ class SparseGeneratorAgent(TransformerGeneratorAgent):
             )
         self._ep_world = sharding.world_for(self.opt)
         if self._ep_world:
-            if self.opt.get('fp16'):
-                raise OptionError('--expert-parallel', "not supported with --fp16 yet",
-                                  "train expert-parallel in float32 (--fp16 false)")
             import torch.distributed as dist
             import parlai.core.torch_generator_agent as generator_module
 
@@ -205,22 +201,14 @@ class SparseGeneratorAgent(TransformerGeneratorAgent):
     def update_params(self):
         if not getattr(self, '_ep_world', None):
             return super().update_params()
-        # ParlAI's update, with the global gradient norm and W-averaged experts.
         if self.opt.get('update_freq', 1) > 1 and self._number_grad_accum != 0:
-            return
+            return  # accumulating: ParlAI's update returns here too
+        # DDP averages dense gradients over workers; expert gradients sum every
+        # worker's tokens: divide them by W so the update equals data parallelism.
         model = self._bare_model()
-        norm = sharding.global_grad_norm_and_scale(model, self._ep_world)
-        clip = self.opt.get('gradient_clip', -1)
-        if clip > 0:
-            sharding.clip_(model, clip, norm)
-            self.global_metrics.add('clip', GlobalAverageMetric(float(norm > clip)))
-        self.global_metrics.add('gnorm', GlobalAverageMetric(norm))
-        self.optimizer.step()
-        self._number_training_updates += 1
-        if is_primary_worker():
-            self.global_metrics.add('ups', GlobalTimerMetric(1))
-        if getattr(self, 'scheduler', None):
-            self.scheduler.step(self._number_training_updates)
+        sharding.scale_expert_grads(model, 1.0 / self._ep_world)
+        with sharding.global_norm_in_parlai_update(model, self.optimizer):
+            super().update_params()
 
     def compute_loss(self, batch, return_output=False):
         out = super().compute_loss(batch, return_output=return_output)
