@@ -14,6 +14,8 @@ One layout (rows sorted by expert, ``counts`` rows each, rows past
 
 Dropped rows get output 0 and gradient 0 whatever the kernel: grouped_mm
 leaves rows past the last offset unwritten, so it only ever sees kept rows.
+In training, grouped_mm gets each expert's rows padded with zero rows to a
+multiple of 16 bytes (see ``grouped_mm_linear``).
 """
 
 from __future__ import annotations
@@ -101,16 +103,42 @@ def loop_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
 
 # ----------------------------------------------------------- grouped_mm kernel
 
+def padded_rows(counts: List[int], align: int) -> Tuple[List[int], torch.Tensor]:
+    """Each expert's group rounded up to ``align`` rows: the padded group sizes,
+    and where each kept row goes in the padded layout."""
+    padded = [-(-n // align) * align for n in counts]
+    shift, src, dst = [], 0, 0
+    for n, p in zip(counts, padded):
+        shift.append(dst - src)
+        src, dst = src + n, dst + p
+    shifts = torch.repeat_interleave(torch.tensor(shift), torch.tensor(counts))
+    return padded, torch.arange(sum(counts)) + shifts
+
+
 def grouped_mm_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
                       counts: List[int]) -> torch.Tensor:
     """The ``grouped_mm`` kernel (autograd is torch's own)."""
     if _grouped_mm is None:
         raise RuntimeError("this torch has no grouped_mm; use --expert-gemm loop")
     kept = sum(counts)
-    counts_t = torch.tensor(counts, dtype=torch.int64, device=x.device)
-    offsets = torch.cumsum(counts_t, 0).to(torch.int32)
-    y = _grouped_mm(x[:kept], weight, offs=offsets)
+    rows = x[:kept]
+    groups = counts
+    # Training: the weight gradient contracts over each group's tokens, which
+    # CUDA's kernel reads with 16-byte aligned loads: groups of 8 rows in bf16
+    # (torchtitan pads alike). Unaligned groups give silently wrong gradients.
+    align = 16 // x.element_size()
+    needs_grad = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
+    padded = needs_grad and any(n % align for n in counts)
+    if padded:
+        groups, where = padded_rows(counts, align)
+        where = where.to(x.device)
+        rows = x.new_zeros(sum(groups), x.shape[1]).index_copy(0, where, rows)
+    offsets = torch.tensor(groups, device=x.device).cumsum(0).to(torch.int32)
+    y = _grouped_mm(rows, weight, offs=offsets)
+    if padded:
+        y = y.index_select(0, where)
     # grouped_mm takes no per-group bias yet: add each row's expert bias.
+    counts_t = torch.tensor(counts, device=x.device)
     y = y + torch.repeat_interleave(bias, counts_t, dim=0, output_size=kept)
     if kept < x.shape[0]:
         y = torch.cat([y, y.new_zeros(x.shape[0] - kept, y.shape[1])])

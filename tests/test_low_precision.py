@@ -144,20 +144,32 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device 
 
 @cuda
 def test_cuda_bfloat16_uses_grouped_gemm_and_matches_float32_on_cpu():
+    """Forward and backward, with groups of sizes that are not multiples of 8."""
     torch.manual_seed(0)
     moe = ExpertFFN(8, 64, 256)
-    x = torch.randn(512, 64)
-    experts = torch.randint(0, 8, (512,))
-    keep = torch.rand(512) > 0.1
+    x = torch.randn(517, 64)
+    experts = torch.randint(0, 8, (517,))
+    keep = torch.rand(517) > 0.1
+    grad = torch.randn(517, 64)
     plan = DispatchPlan.from_experts(experts, 8, keep=keep)
-    ref = moe(x, plan)
+    xr = x.clone().requires_grad_()
+    ref = moe(xr, plan)
+    ref.backward(grad)
     gpu = ExpertFFN(8, 64, 256).cuda().to(torch.bfloat16)
     gpu.load_state_dict(moe.state_dict())
-    xg = x.cuda().to(torch.bfloat16)
+    xg = x.cuda().to(torch.bfloat16).requires_grad_()
     assert choose_backend('auto', xg, gpu.expert_w1) == 'grouped_mm'
     plan_g = DispatchPlan.from_experts(experts.cuda(), 8, keep=keep.cuda())
     got = gpu(xg, plan_g)
-    torch.testing.assert_close(got.float().cpu(), ref, rtol=3e-2, atol=3e-2 * ref.abs().max().item())
+    got.backward(grad.cuda().to(torch.bfloat16))
+
+    def close(a, b):
+        torch.testing.assert_close(a.float().cpu(), b, rtol=3e-2, atol=3e-2 * b.abs().max().item())
+
+    close(got, ref)
+    close(xg.grad, xr.grad)
+    for name, param in moe.named_parameters():
+        close(dict(gpu.named_parameters())[name].grad, param.grad)
 
 
 @pytest.mark.parametrize('option, value', [('--expert-gemm', 'cutlass'), ('--fp16-dtype', 'float8')])
@@ -167,3 +179,29 @@ def test_bad_kernel_or_half_dtype_is_refused_naming_the_option(option, value, ca
     with pytest.raises(SystemExit):
         ParlaiParser(True, True).parse_args(['-m', 'hash_generator', option, value])
     assert f"argument {option}: invalid choice: '{value}'" in capsys.readouterr().err
+
+
+def test_padded_rows_align_every_group_and_keep_the_order():
+    from parlai_hash.grouped_gemm import padded_rows
+
+    groups, where = padded_rows([5, 0, 7, 8, 1], 8)
+    assert groups == [8, 0, 8, 8, 8]
+    assert where.tolist() == [0, 1, 2, 3, 4, 8, 9, 10, 11, 12, 13, 14, 16, 17, 18, 19, 20, 21, 22, 23, 24]
+
+
+def test_grouped_mm_pads_groups_in_training_only(monkeypatch):
+    import parlai_hash.grouped_gemm as gg
+
+    seen = []
+    real = gg._grouped_mm
+
+    def spy(a, b, offs):
+        seen.append(offs.tolist())
+        return real(a, b, offs=offs)
+
+    monkeypatch.setattr(gg, '_grouped_mm', spy)
+    x, w, b = _inputs(torch.bfloat16)
+    grouped_linear(x, w, b, COUNTS, 'grouped_mm')  # needs a gradient: groups of 8 rows
+    with torch.no_grad():
+        grouped_linear(x, w, b, COUNTS, 'grouped_mm')
+    assert seen == [[8, 8, 16, 24], [5, 5, 12, 16]]
