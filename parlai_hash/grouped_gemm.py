@@ -103,24 +103,33 @@ def loop_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
 
 # ----------------------------------------------------------- grouped_mm kernel
 
-def padded_rows(counts: List[int], align: int) -> Tuple[List[int], torch.Tensor]:
+def device_ints(values: List[int], device: torch.device) -> torch.Tensor:
+    """``values`` as an int64 tensor on ``device``; on CUDA through pinned memory
+    with a non-blocking copy, so it does not wait for the GPU's queue."""
+    t = torch.tensor(values, dtype=torch.int64)
+    if device.type != 'cuda':
+        return t
+    return t.pin_memory().to(device, non_blocking=True)
+
+
+def padded_rows(counts: List[int], align: int,
+                device: torch.device = torch.device('cpu')) -> Tuple[List[int], torch.Tensor]:
     """Each expert's group rounded up to ``align`` rows: the padded group sizes,
-    and where each kept row goes in the padded layout."""
+    and where each kept row goes in the padded layout (on ``device``)."""
     padded = [-(-n // align) * align for n in counts]
-    shift, src, dst = [], 0, 0
-    for n, p in zip(counts, padded):
-        shift.append(dst - src)
-        src, dst = src + n, dst + p
-    shifts = torch.repeat_interleave(torch.tensor(shift), torch.tensor(counts))
-    return padded, torch.arange(sum(counts)) + shifts
+    counts_t, padded_t = device_ints(counts, device), device_ints(padded, device)
+    shift = (padded_t.cumsum(0) - padded_t) - (counts_t.cumsum(0) - counts_t)
+    kept = sum(counts)
+    where = torch.arange(kept, device=device) + torch.repeat_interleave(shift, counts_t, output_size=kept)
+    return padded, where
 
 
 def grouped_mm_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
                       counts: List[int]) -> torch.Tensor:
     """The ``grouped_mm`` kernel (autograd is torch's own)."""
-    if _grouped_mm is None:
-        raise RuntimeError("this torch has no grouped_mm; use --expert-gemm loop")
     kept = sum(counts)
+    if kept == 0:  # nothing to compute; keep the parameters in the graph (zero gradient)
+        return x.new_zeros(x.shape[0], weight.shape[2]) + 0 * (weight.sum() + bias.sum())
     rows = x[:kept]
     groups = counts
     # Training: the weight gradient contracts over each group's tokens, which
@@ -130,16 +139,14 @@ def grouped_mm_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
     needs_grad = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
     padded = needs_grad and any(n % align for n in counts)
     if padded:
-        groups, where = padded_rows(counts, align)
-        where = where.to(x.device)
+        groups, where = padded_rows(counts, align, x.device)
         rows = x.new_zeros(sum(groups), x.shape[1]).index_copy(0, where, rows)
-    offsets = torch.tensor(groups, device=x.device).cumsum(0).to(torch.int32)
+    offsets = device_ints(groups, x.device).cumsum(0).to(torch.int32)
     y = _grouped_mm(rows, weight, offs=offsets)
     if padded:
         y = y.index_select(0, where)
     # grouped_mm takes no per-group bias yet: add each row's expert bias.
-    counts_t = torch.tensor(counts, device=x.device)
-    y = y + torch.repeat_interleave(bias, counts_t, dim=0, output_size=kept)
+    y = y + torch.repeat_interleave(bias, device_ints(counts, x.device), dim=0, output_size=kept)
     if kept < x.shape[0]:
         y = torch.cat([y, y.new_zeros(x.shape[0] - kept, y.shape[1])])
     return y
@@ -152,15 +159,19 @@ def _aligned(x: torch.Tensor, weight: torch.Tensor) -> bool:
 
 
 def grouped_mm_available(device: torch.device, dtype: torch.dtype) -> bool:
-    """Whether torch's grouped GEMM runs here: CUDA and a successful probe call, cached."""
-    if _grouped_mm is None or device.type != 'cuda':
+    """Whether torch's grouped GEMM runs here, forward and backward: CPU (where
+    torch has a reference loop for float types), or CUDA after a probe call, cached."""
+    if _grouped_mm is None:
         return False
+    if device.type == 'cpu':
+        return dtype in (torch.float32, torch.bfloat16, torch.float16)
     key = (str(device), dtype)
     if key not in _PROBED:
         try:
-            a = torch.zeros(16, 16, device=device, dtype=dtype)
-            b = torch.zeros(2, 16, 16, device=device, dtype=dtype)
-            _grouped_mm(a, b, offs=torch.tensor([8, 16], device=device, dtype=torch.int32))
+            a = torch.zeros(16, 16, device=device, dtype=dtype, requires_grad=True)
+            b = torch.zeros(2, 16, 16, device=device, dtype=dtype, requires_grad=True)
+            offs = torch.tensor([8, 16], device=device, dtype=torch.int32)
+            _grouped_mm(a, b, offs=offs).sum().backward()
             _PROBED[key] = True
         except (RuntimeError, NotImplementedError):
             _PROBED[key] = False
@@ -168,13 +179,23 @@ def grouped_mm_available(device: torch.device, dtype: torch.dtype) -> bool:
 
 
 def choose_backend(requested: str, x: torch.Tensor, weight: torch.Tensor) -> str:
-    """``auto`` -> ``grouped_mm`` where it runs and the sizes are aligned, else ``loop``."""
-    if requested != 'auto':
-        return requested
-    if x.is_cuda and _aligned(x, weight) and grouped_mm_available(x.device, x.dtype):
-        return 'grouped_mm'
-    return 'loop'
+    """``auto`` -> ``grouped_mm`` where it runs and the sizes are aligned, else
+    ``loop``; a forced ``grouped_mm`` that cannot run is an option error."""
+    if requested == 'loop':
+        return 'loop'
+    runs = grouped_mm_available(x.device, x.dtype)
+    if requested == 'auto':
+        return 'grouped_mm' if x.is_cuda and runs and _aligned(x, weight) else 'loop'
+    if not runs or not _aligned(x, weight):
+        from parlai_hash.errors import OptionError
 
+        why = (f"torch's grouped GEMM does not run for {str(x.dtype).replace('torch.', '')} "
+               f"on {x.device.type}" if not runs else
+               f"it needs widths that are multiples of {16 // x.element_size()} "
+               f"(16 bytes); this layer has {x.shape[1]} -> {weight.shape[2]}")
+        raise OptionError('--expert-gemm', f"grouped_mm cannot be used here: {why}",
+                          "use --expert-gemm auto or loop")
+    return 'grouped_mm'
 
 def grouped_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
                    counts: List[int], backend: str = 'auto') -> torch.Tensor:
