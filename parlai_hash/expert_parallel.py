@@ -81,10 +81,13 @@ class ExpertParallelPlan:
         world = dist.get_world_size(group)
         per_rank = experts_per_rank(num_experts, world)
         local = DispatchPlan.from_experts(experts, num_experts, keep=keep)
-        counts = torch.tensor(local.counts, dtype=torch.long).view(world, per_rank)
+        # On the experts' device: NCCL exchanges only CUDA tensors.
+        sent = torch.tensor(local.counts, dtype=torch.long, device=experts.device)
         # How many tokens each source rank sends to each of my local experts.
-        received = torch.empty_like(counts)
-        dist.all_to_all_single(received, counts, group=group)
+        received = torch.empty_like(sent)
+        dist.all_to_all_single(received, sent, group=group)
+        counts = torch.tensor(local.counts, dtype=torch.long).view(world, per_rank)
+        received = received.cpu().view(world, per_rank)
         send_splits = counts.sum(1).tolist()
         recv_splits = received.sum(1).tolist()
         # Received rows arrive source by source, each sorted by expert:

@@ -130,14 +130,17 @@ def global_grad_norm(params: Iterable[torch.Tensor], local_ids: Set[int],
     shards; clips to ``max_norm`` if positive. Every rank gets the same norm, so
     they scale shared gradients alike and agree on an fp16 overflow (inf/nan)."""
     params = [p for p in params if p.grad is not None]
-    dense_sq = torch.zeros((), dtype=torch.float64)
-    local_sq = torch.zeros((), dtype=torch.float64)
-    for p in params:
-        sq = p.grad.detach().double().pow(2).sum().cpu()
-        if id(p) in local_ids:
-            local_sq += sq
-        else:
-            dense_sq += sq
+    device = params[0].grad.device if params else torch.device('cpu')
+
+    def squared(grads) -> torch.Tensor:
+        # On the gradients' device: NCCL reduces only CUDA tensors, and no host sync per parameter.
+        if not grads:
+            return torch.zeros((), dtype=torch.float64, device=device)
+        norms = torch.stack([torch.linalg.vector_norm(g.detach(), dtype=torch.float32) for g in grads])
+        return norms.double().pow(2).sum()
+
+    dense_sq = squared([p.grad for p in params if id(p) not in local_ids])
+    local_sq = squared([p.grad for p in params if id(p) in local_ids])
     dist.all_reduce(local_sq, dist.ReduceOp.SUM)
     norm = (dense_sq + local_sq).sqrt().float()
     if max_norm > 0:
