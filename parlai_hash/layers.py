@@ -134,10 +134,10 @@ class SparseFFN(nn.Module):
         expert-parallel training that saves a count exchange per layer. Learned
         routers decide per layer from the hidden state: always a new plan.
         """
-        table = getattr(self.router, 'table', None)
-        if isinstance(decided, Route) or table is None:
+        table_key = getattr(self.router, 'table_key', None)
+        if isinstance(decided, Route) or table_key is None:
             return build()
-        key = (kind, table.data_ptr(), self.num_experts)
+        key = (kind, table_key)
         if key not in self.routing.plans:
             self.routing.plans[key] = build()
         return self.routing.plans[key]

@@ -195,3 +195,9 @@ def test_layers_sharing_a_table_share_one_plan_per_forward(tmp_path, baseline):
         first, last = agent.model.decoder.layers[0].ffn, agent.model.decoder.layers[2].ffn
         assert first.routing is last.routing
         assert len(first.routing.plans) == expected
+        # A device move (.cuda()) copies each router's buffer: the plan is still shared.
+        agent.model._apply(lambda t: t.clone())
+        assert first.router.table.data_ptr() != last.router.table.data_ptr()
+        with torch.no_grad():
+            agent.model.decode_forced(encode(agent, ['1 2']), ys)
+        assert len(first.routing.plans) == expected

@@ -45,6 +45,9 @@ class HashRouter(nn.Module):
             make_hash_function(hash_type, num_experts, seed + m) for m in range(self.num_hashes)
         ]
         self.register_buffer('table', table)
+        # Routers built with the same type and seed hold the same table (shared
+        # when built, equal after .cuda() copies each buffer): layers may share plans.
+        self.table_key = (hash_type, num_experts, seed, self.num_hashes)
 
     @staticmethod
     def build_tables(
