@@ -137,6 +137,11 @@ class SparseGeneratorAgent(TransformerGeneratorAgent):
             num_hashes=self._num_hashes(),
         )
         model.half_dtype = HALF_DTYPES[self.opt.get('fp16_dtype', 'float16')]
+        if (self.opt.get('fp16') and model.half_dtype == torch.bfloat16
+                and self.opt.get('ddp_backend', 'ddp') in ('zero2', 'zero3')):
+            raise OptionError('--fp16-dtype', "bfloat16 is not applied under --ddp-backend "
+                              f"{self.opt['ddp_backend']} (ParlAI's FSDP casts to float16 itself)",
+                              "use --ddp-backend ddp, or --fp16-dtype float16")
         if self.opt['embedding_type'] != 'random':
             self._copy_embeddings(model.encoder.embeddings.weight, self.opt['embedding_type'])
         mode = self.opt.get('freeze', 'none')
