@@ -112,6 +112,11 @@ def device_ints(values: List[int], device: torch.device) -> torch.Tensor:
     return t.pin_memory().to(device, non_blocking=True)
 
 
+def rows_per_16_bytes(dtype: torch.dtype) -> int:
+    """grouped_mm's alignment unit (its loads are 16 bytes): 8 in bf16, 4 in float32."""
+    return 16 // dtype.itemsize
+
+
 def padded_rows(counts: List[int], align: int,
                 device: torch.device = torch.device('cpu')) -> Tuple[List[int], torch.Tensor]:
     """Each expert's group rounded up to ``align`` rows: the padded group sizes,
@@ -135,7 +140,7 @@ def grouped_mm_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
     # Training: the weight gradient contracts over each group's tokens, which
     # CUDA's kernel reads with 16-byte aligned loads: groups of 8 rows in bf16
     # (torchtitan pads alike). Unaligned groups give silently wrong gradients.
-    align = 16 // x.element_size()
+    align = rows_per_16_bytes(x.dtype)
     needs_grad = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
     padded = needs_grad and any(n % align for n in counts)
     if padded:
@@ -154,8 +159,8 @@ def grouped_mm_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
 
 def _aligned(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """grouped_mm needs 16-byte aligned rows in both operands."""
-    per_16_bytes = 16 // x.element_size()
-    return x.shape[1] % per_16_bytes == 0 and weight.shape[2] % per_16_bytes == 0
+    unit = rows_per_16_bytes(x.dtype)
+    return x.shape[1] % unit == 0 and weight.shape[2] % unit == 0
 
 
 def grouped_mm_available(device: torch.device, dtype: torch.dtype) -> bool:
@@ -191,7 +196,7 @@ def choose_backend(requested: str, x: torch.Tensor, weight: torch.Tensor) -> str
 
         why = (f"torch's grouped GEMM does not run for {str(x.dtype).replace('torch.', '')} "
                f"on {x.device.type}" if not runs else
-               f"it needs widths that are multiples of {16 // x.element_size()} "
+               f"it needs widths that are multiples of {rows_per_16_bytes(x.dtype)} "
                f"(16 bytes); this layer has {x.shape[1]} -> {weight.shape[2]}")
         raise OptionError('--expert-gemm', f"grouped_mm cannot be used here: {why}",
                           "use --expert-gemm auto or loop")
