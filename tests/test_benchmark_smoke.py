@@ -20,6 +20,35 @@ def test_model_benchmark_runs_every_model(capsys):
     for name in ('dense', 'hash', 'switch', 'switch-dropless', 'base'):
         assert f'| {name} |' in out
     assert 'target: hash training >= 0.9x dense' in out
+    assert 'tokens computed by experts' in out
+    rows = {line.split('|')[1].strip(): line.split('|')[2:-1] for line in out.splitlines()
+            if line.startswith('| ') and not line.startswith('| model')}
+    # Hash and BASE compute every real token; dense has no experts.
+    assert rows['hash'][5].strip() == '100%' and rows['base'][5].strip() == '100%'
+    assert rows['dense'][5].strip() == '-'
+    assert float(rows['hash'][6]) >= 1.0
+
+
+def test_model_benchmark_verdict_uses_paired_ratios():
+    from benchmarks import model
+
+    def results(dense, hash_, switch, computed=1.0):
+        return {'dense': {'train_samples': dense, 'reply_samples': dense},
+                'hash': {'train_samples': hash_, 'reply_samples': hash_},
+                'switch': {'train_samples': switch, 'reply_samples': switch, 'computed': computed}}
+
+    # Per round: hash/dense 0.95 every time, switch a little slower than hash.
+    lines = model.verdict(results([100, 50, 200, 80], [95, 47.5, 190, 76], [90, 45, 180, 72]))
+    assert lines[0].endswith('>= 0.9x dense tokens/s: met')
+    assert lines[1].endswith('(hash/switch 1.06x): met')
+    assert lines[2].endswith('<= 1.1x dense latency: met')
+    # Paired ratios that straddle the target are not a verdict either way.
+    lines = model.verdict(results([100, 100, 100, 100], [80, 88, 92, 99], [100, 100, 100, 100], 0.1))
+    assert 'not settled by this run (median' in lines[0]
+    assert 'NOT met' in lines[1] and 'computed only 10% of the tokens' in lines[1]
+    # 95% CI of a median by order statistics: x_(6)..x_(15) of 20; too few values: the range.
+    assert model.median_ci([float(v) for v in range(20, 0, -1)]) == (6.0, 10.5, 15.0)
+    assert model.median_ci([1.0, 2.0, 3.0, 4.0, 5.0]) == (1.0, 3.0, 5.0)
 
 
 def test_expert_parallel_benchmark_runs(capsys):
