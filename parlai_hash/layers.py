@@ -70,7 +70,10 @@ class SparseFFN(nn.Module):
             )
         self.experts.set_gemm(opt.get('expert_gemm', 'auto'))
         self.routing: Optional[RoutingContext] = None  # bound by the owning stack
-        self.last_load: Optional[torch.Tensor] = None  # tokens per expert, last forward
+        # Routing of the last forward, counted into ``last_load`` only when read:
+        # generation never reads it, and on CUDA counting would sync every layer.
+        self._load_of: Optional[tuple] = None
+        self._last_load: Optional[torch.Tensor] = None
         self.last_route: Optional[Route] = None  # aux loss and stats of the last forward
         # Expert-parallel training: ``experts`` holds this rank's K/W experts and
         # tokens travel over all_to_all; evaluation uses ``full_experts``, all K
@@ -95,11 +98,8 @@ class SparseFFN(nn.Module):
         # is 0 and the residual carries them.
         real = self.routing.mask
         keep = real if route.keep is None else real & route.keep
-        with torch.no_grad():
-            # MultiHash: every hash's choices count towards its expert's load.
-            self.last_load = torch.bincount(
-                experts[real].reshape(-1), minlength=self.num_experts
-            ).cpu()
+        self._load_of = (experts.detach(), real)
+        self._last_load = None
         self.last_route = route
         # One plan per hash (MultiHash: hash m routes segment m).
         per_hash = [experts] if self.num_hashes == 1 else experts.unbind(-1)
@@ -117,6 +117,15 @@ class SparseFFN(nn.Module):
         if route.gates is not None:
             y = y * route.gates.unsqueeze(-1)
         return y
+
+    @property
+    def last_load(self) -> Optional[torch.Tensor]:
+        """Real tokens per expert in the last forward (CPU, ``[K]``); MultiHash
+        counts every hash's choice. None before the first forward."""
+        if self._last_load is None and self._load_of is not None:
+            experts, real = self._load_of
+            self._last_load = torch.bincount(experts[real].reshape(-1), minlength=self.num_experts).cpu()
+        return self._last_load
 
     def _all_experts(self) -> Experts:
         """All K experts on this rank: the layer's own, or (expert-parallel) the gathered copy."""
@@ -177,7 +186,14 @@ class _SparseStack:
         return layer_cls.with_components(feedforward=builder)
 
     def sparse_ffns(self) -> Dict[str, SparseFFN]:
-        return {m.name: m for m in self.modules() if isinstance(m, SparseFFN)}  # type: ignore[attr-defined]
+        # Found once: walking every submodule costs ~0.2 ms, paid on each
+        # decoding step otherwise. Wrappers (FSDP, activation checkpointing)
+        # keep the same SparseFFN objects, and nothing replaces them.
+        found = self.__dict__.get('_sparse_ffns')
+        if found is None:
+            found = {m.name: m for m in self.modules() if isinstance(m, SparseFFN)}  # type: ignore[attr-defined]
+            self.__dict__['_sparse_ffns'] = found
+        return found
 
     def bind_routing(self, ctx: RoutingContext) -> None:
         for ffn in self.sparse_ffns().values():

@@ -63,6 +63,20 @@ def test_sparse_layers_are_where_asked(agent):
     assert set(agent.model.sparse_ffns()) == {'dec0', 'dec2', 'enc1'}
 
 
+def test_sparse_layers_found_once_and_copied_with_the_model(agent):
+    import copy
+
+    decoder = agent.model.decoder
+    assert decoder.sparse_ffns() is decoder.sparse_ffns()  # cached: no module walk per step
+    twin = copy.deepcopy(agent.model)
+    assert twin.decoder.sparse_ffns()['dec2'] is twin.decoder.layers[2].ffn
+    assert twin.decoder.sparse_ffns()['dec2'] is not decoder.layers[2].ffn
+    batch = _batch(agent, ['1 2 3'])
+    with torch.no_grad():
+        twin.decoder(batch.text_vec, twin.encoder(batch.text_vec))
+    assert twin.decoder.layers[2].ffn.routing.tokens.shape == batch.text_vec.shape
+
+
 def test_training_reports_expert_load(trained):
     _, valid = trained
     for name in ('dec0', 'dec2', 'enc1'):
@@ -85,7 +99,9 @@ def test_incremental_decoding_equals_full_forward(agent):
             torch.testing.assert_close(model.output(latent)[:, -1], full[:, t], rtol=1e-4, atol=1e-5)
             # the router saw the true newest token, not a stale position
             expected = torch.bincount(table[ys[:, t]], minlength=4)
-            assert torch.equal(model.decoder.layers[2].ffn.last_load, expected)
+            ffn = model.decoder.layers[2].ffn
+            assert ffn._last_load is None  # counted only when read (decoding never reads it)
+            assert torch.equal(ffn.last_load, expected)
         # beam search reorders the incremental state: still the full forward
         inds = torch.tensor([1, 1])
         enc2 = model.reorder_encoder_states(enc, inds)
