@@ -1,5 +1,7 @@
 """--expert-parallel through ParlAI's multiprocessing_train (2 and 4 CPU workers)."""
 
+import shutil
+
 import torch
 
 from conftest import run_parlai as parlai
@@ -7,10 +9,11 @@ from conftest import run_parlai as parlai
 TASK = ['-t', 'integration_tests:nocandidate']
 MODEL = ['-m', 'hash_generator', '--n-layers', '2', '--embedding-size', '16', '--ffn-size', '32',
          '--n-heads', '2', '--num-experts', '4', '--hash-layers', '0,1']
-# Ordered data and SGD: two runs see the same batches, and Adam's sign-like
-# steps do not amplify float-level differences, so the comparison can be tight.
+# Ordered data and SGD with momentum: two runs see the same batches, the
+# optimizer has per-parameter state, and Adam's sign-like steps do not amplify
+# float-level differences, so the comparison can be tight.
 TRAIN = ['-dt', 'train:ordered', '-bs', '4', '--max-train-steps', '6', '-vstep', '6',
-         '--validation-max-exs', '8', '-lr', '0.5', '--optimizer', 'sgd',
+         '--validation-max-exs', '8', '-lr', '0.5', '--optimizer', 'sgd', '--momentum', '0.9',
          '--skip-generation', 'true', '-vmt', 'ppl', '--short-final-eval', 'true']
 
 
@@ -29,15 +32,44 @@ def test_expert_parallel_training_equals_data_parallel_and_checkpoints_are_whole
     for key in dp:
         if dp[key].is_floating_point():
             torch.testing.assert_close(ep[key], dp[key], rtol=1e-5, atol=1e-6)
+    # the optimizer state is whole too: every expert's momentum, as data parallelism has it
+    dp_opt = torch.load(runs['false'], weights_only=False)['optimizer']['state']
+    ep_opt = torch.load(runs['true'], weights_only=False)['optimizer']['state']
+    assert set(dp_opt) == set(ep_opt) and dp_opt
+    for index in dp_opt:
+        torch.testing.assert_close(ep_opt[index]['momentum_buffer'], dp_opt[index]['momentum_buffer'],
+                                   rtol=1e-5, atol=1e-6)
     # the expert-parallel checkpoint evaluates on one process...
     ev = parlai('eval_model', '-mf', runs['true'], *TASK, '--num-examples', '8', cwd=tmp_path)
     assert 'dec0_load_max' in ev.stdout
-    # ...and resumes on another number of workers (4: one expert each)
+    # ...and resumes, its optimizer state cut to each worker's experts: 2 more
+    # steps expert-parallel equal 2 more steps data-parallel from the same file
+    resumed = {}
+    for ep_again in ('false', 'true'):
+        resumed[ep_again] = str(tmp_path / f'resume_{ep_again}')
+        for f in tmp_path.glob('ep_true*'):
+            shutil.copy(f, resumed[ep_again] + f.name[len('ep_true'):])
+        parlai('multiprocessing_train', '--distributed-world-size', '2', *MODEL, *TASK, *TRAIN,
+               '--dict-file', d, '-mf', resumed[ep_again], '--expert-parallel', ep_again,
+               '--max-train-steps', '8', '-vstep', '8', cwd=tmp_path)
+    dp2 = torch.load(resumed['false'], weights_only=False)['model']
+    ep2 = torch.load(resumed['true'], weights_only=False)['model']
+    key = 'decoder.layers.1.ffn.experts.expert_w2'
+    assert not torch.equal(ep2[key], ep[key])  # it trained on
+    for key in dp2:
+        if dp2[key].is_floating_point():
+            torch.testing.assert_close(ep2[key], dp2[key], rtol=1e-5, atol=1e-6)
+    # ...and on another number of workers (4: one expert each)
+    for f in tmp_path.glob('ep_true*'):
+        shutil.copy(f, str(tmp_path / 'w4') + f.name[len('ep_true'):])
     parlai('multiprocessing_train', '--distributed-world-size', '4', *MODEL, *TASK, *TRAIN,
-           '--dict-file', d, '-mf', str(tmp_path / 'w4'), '--init-model', runs['true'],
-           '--expert-parallel', 'true', '--max-train-steps', '2', cwd=tmp_path)
-    w4 = torch.load(str(tmp_path / 'w4'), weights_only=False)['model']
-    assert w4['decoder.layers.1.ffn.experts.expert_w2'].shape[0] == 4
+           '--dict-file', d, '-mf', str(tmp_path / 'w4'), '--expert-parallel', 'true',
+           '--max-train-steps', '8', '-vstep', '8', cwd=tmp_path)
+    w4 = torch.load(str(tmp_path / 'w4'), weights_only=False)
+    assert w4['model']['decoder.layers.1.ffn.experts.expert_w2'].shape[0] == 4
+    shapes = [tuple(v['momentum_buffer'].shape) for v in w4['optimizer']['state'].values()]
+    assert shapes == [tuple(v['momentum_buffer'].shape) for v in dp_opt.values()]
+    assert (4, 32, 16) in shapes  # an expert_w2's momentum, all 4 experts
 
 
 def test_multihash_expert_parallel_training_equals_data_parallel_and_evaluates_on_one_process(tmp_path):

@@ -14,8 +14,9 @@ ParlAI's data-parallel training needs around that, kept in this one module:
   that global norm is also what detects an overflow, so all ranks skip alike.
 * Checkpoints hold all K experts (gathered, a collective that ParlAI's
   ``save``/``save_nonprimary`` give us on every rank), so they load on one
-  process or any W dividing K; the optimizer's state of sharded experts is
-  rank-local and not saved (resuming restarts Adam's moments).
+  process or any W dividing K. The optimizer's per-expert state (Adam's
+  moments, momentum) is gathered the same way and cut back to each rank's
+  shard on load, so a resumed run continues as an unsharded one would.
 * Evaluation runs on full experts gathered around ParlAI's eval loop (see
   ``parlai_hash.train_hooks``): no collective inside an eval forward.
 """
@@ -23,7 +24,7 @@ ParlAI's data-parallel training needs around that, kept in this one module:
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Dict, Iterable, Iterator, Optional, Set
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Set
 
 import torch
 import torch.distributed as dist
@@ -182,6 +183,58 @@ def global_norm_in_parlai_update(model: nn.Module, optimizer) -> Iterator[None]:
     finally:
         (torch.nn.utils.clip_grad_norm_, fp16_module.clip_grad_norm,
          torch_agent_module.compute_grad_norm) = saved
+
+
+def _optimizer_params(optimizer) -> List[torch.Tensor]:
+    """Parameters in the order ``state_dict()`` numbers them; ParlAI's fp16
+    wrappers keep the per-parameter state in the optimizer they wrap."""
+    inner = getattr(optimizer, 'optimizer', optimizer)
+    return [p for group in inner.param_groups for p in group['params']]
+
+
+def _per_expert(value: Any, rows: int) -> bool:
+    """A state tensor with one row per expert of its parameter (moments,
+    Adafactor's factored second moments); not a step count."""
+    return torch.is_tensor(value) and value.dim() >= 1 and value.shape[0] == rows
+
+
+def gather_optimizer_state(model: nn.Module, optimizer, state: Dict[str, Any]) -> Dict[str, Any]:
+    """``state`` (this rank's ``optimizer.state_dict()``) with every expert
+    shard's per-expert tensors gathered to all K experts: a collective, every
+    rank calls it. Rows are ranks' shards in order, as in the gathered weights."""
+    ids = rank_local_ids(model, optimizer)
+    out = dict(state)
+    out['state'] = dict(state['state'])
+    for index, param in enumerate(_optimizer_params(optimizer)):
+        if id(param) not in ids:
+            continue
+        entry = state['state'].get(index)
+        # Keep an entry only if every rank has one (all must join each gather).
+        have = torch.tensor([0 if entry is None else 1], device=param.device)
+        dist.all_reduce(have, dist.ReduceOp.MIN)
+        if not int(have):
+            out['state'].pop(index, None)
+            continue
+        out['state'][index] = {
+            key: gather_experts(value) if _per_expert(value, param.shape[0]) else value
+            for key, value in sorted(entry.items())
+        }
+    return out
+
+
+def shard_optimizer_state(model: nn.Module, optimizer, rank: int, world: int) -> None:
+    """After ParlAI loaded a checkpoint's optimizer state: cut each expert
+    shard's full-K tensors down to this rank's rows."""
+    ids = rank_local_ids(model, optimizer)
+    inner = getattr(optimizer, 'optimizer', optimizer)
+    for param in _optimizer_params(optimizer):
+        entry = inner.state.get(param)
+        if id(param) not in ids or not entry:
+            continue
+        rows = param.shape[0]
+        for key, value in entry.items():
+            if _per_expert(value, rows * world):
+                entry[key] = value[rank * rows : (rank + 1) * rows].clone()
 
 
 def world_for(opt) -> Optional[int]:

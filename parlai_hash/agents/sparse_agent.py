@@ -15,7 +15,6 @@ from parlai.agents.transformer.transformer import (
 from parlai.core.metrics import AverageMetric
 from parlai.core.opt import Opt
 from parlai.core.params import ParlaiParser
-from parlai.utils.misc import warn_once
 
 from parlai_hash import compat
 from parlai_hash.agents import expert_sharding as sharding
@@ -160,7 +159,7 @@ class SparseGeneratorAgent(TransformerGeneratorAgent):
             generator_module.sync_parameters = sharding.sync_dense_parameters
             logger.info(f"--expert-parallel: {self.opt['num_experts'] // self._ep_world} experts "
                         f"per worker on {self._ep_world} workers")
-        self._gathered_experts = None
+        self._gathered_experts = self._gathered_optimizer = None
         return model
 
     def _bare_model(self) -> nn.Module:
@@ -180,28 +179,45 @@ class SparseGeneratorAgent(TransformerGeneratorAgent):
         if getattr(self, '_ep_world', None):
             sharding.detach_eval_experts(self._bare_model())
 
+    def _gather_for_checkpoint(self) -> None:
+        """All K experts and their optimizer state, on every rank (collectives)."""
+        model = self._bare_model()
+        self._gathered_experts = sharding.gather_full_experts(model)
+        if getattr(self, 'optimizer', None) is not None:
+            self._gathered_optimizer = sharding.gather_optimizer_state(
+                model, self.optimizer, self.optimizer.state_dict())
+
     def save(self, path=None):
         if not getattr(self, '_ep_world', None):
             return super().save(path)
-        self._gathered_experts = sharding.gather_full_experts(self._bare_model())
+        self._gather_for_checkpoint()
         try:
             return super().save(path)
         finally:
-            self._gathered_experts = None
+            self._gathered_experts = self._gathered_optimizer = None
 
     def save_nonprimary(self, path=None):
         if getattr(self, '_ep_world', None):
-            sharding.gather_full_experts(self._bare_model())  # the primary's save gathers too
+            self._gather_for_checkpoint()  # the primary's save gathers too
+            self._gathered_experts = self._gathered_optimizer = None
         return super().save_nonprimary(path)
 
     def state_dict(self):
         states = super().state_dict()
         if getattr(self, '_gathered_experts', None):
             states['model'].update(self._gathered_experts)
-            if states.pop('optimizer', None) is not None:
-                warn_once('--expert-parallel: optimizer state of sharded experts is not saved; '
-                          'resuming restarts it')
+        if getattr(self, '_gathered_optimizer', None) is not None and 'optimizer' in states:
+            states['optimizer'] = self._gathered_optimizer
         return states
+
+    def init_optim(self, params, optim_states=None, saved_optim_type=None, is_finetune=False):
+        reset = super().init_optim(params, optim_states, saved_optim_type, is_finetune)
+        if getattr(self, '_ep_world', None) and optim_states and not reset:
+            import torch.distributed as dist
+            # Checkpoints hold every expert's optimizer state: keep this rank's.
+            sharding.shard_optimizer_state(self._bare_model(), self.optimizer,
+                                           dist.get_rank(), self._ep_world)
+        return reset
 
     def update_params(self):
         if not getattr(self, '_ep_world', None):
