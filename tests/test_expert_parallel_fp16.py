@@ -27,7 +27,7 @@ def global_norm() -> float:
     return math.sqrt(sq)
 
 
-def make(rank: int, impl: str, overflow: bool):
+def make(rank: int, impl: str, overflow: bool, momentum: float = 0.0):
     from parlai.utils.fp16 import MemoryEfficientFP16Optimizer, SafeFP16Optimizer
 
     from parlai_hash.agents.expert_sharding import RANK_LOCAL
@@ -36,7 +36,7 @@ def make(rank: int, impl: str, overflow: bool):
     model.dense = nn.Parameter(torch.zeros(3, dtype=torch.half))
     model.expert = nn.Parameter(torch.zeros(2, dtype=torch.half))
     setattr(model.expert, RANK_LOCAL, True)
-    inner = torch.optim.SGD(model.parameters(), lr=1.0)
+    inner = torch.optim.SGD(model.parameters(), lr=1.0, momentum=momentum)
     if impl == 'safe':
         optimizer = SafeFP16Optimizer(inner)
     else:
@@ -95,3 +95,36 @@ def test_without_the_patch_ranks_would_disagree():
     optimizer._sync_fp16_grads_to_fp32()
     local = float(clip_grad_norm(optimizer.fp32_params, 0))
     assert local != pytest.approx(global_norm(), rel=1e-3)
+
+
+def optimizer_state_worker(rank, init, out_dir, impl):
+    from parlai_hash.agents.expert_sharding import gather_optimizer_state, shard_optimizer_state
+
+    dist.init_process_group('gloo', init_method=init, rank=rank, world_size=WORLD)
+    try:
+        model, optimizer = make(rank, impl, overflow=False, momentum=0.9)
+        optimizer.step()  # momentum buffers = this rank's unscaled gradients
+        full = gather_optimizer_state(model, optimizer, optimizer.state_dict())
+        fresh_model, fresh = make(rank, impl, overflow=False, momentum=0.9)
+        fresh.load_state_dict(full)  # as ParlAI's init_optim does on resume
+        shard_optimizer_state(fresh_model, fresh, rank, WORLD)
+        inner = getattr(fresh, 'optimizer', fresh)
+        restored = [inner.state[p]['momentum_buffer'].float() for g in inner.param_groups for p in g['params']]
+        torch.save({'full': {i: v['momentum_buffer'].float() for i, v in full['state'].items()},
+                    'restored': restored}, os.path.join(out_dir, f'rank{rank}.pt'))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize('impl', ['safe', 'mem_efficient'])
+def test_fp16_optimizer_state_is_gathered_and_cut_back_per_rank(tmp_path, impl):
+    mp.spawn(optimizer_state_worker, args=(f'file://{tmp_path}/rendezvous', str(tmp_path), impl),
+             nprocs=WORLD, join=True)
+    every_expert = torch.tensor(EXPERT_GRADS[0] + EXPERT_GRADS[1])
+    for rank in range(WORLD):
+        res = torch.load(tmp_path / f'rank{rank}.pt')
+        dense, expert = res['full'][0], res['full'][1]
+        torch.testing.assert_close(dense, torch.tensor(DENSE_GRAD))  # not gathered
+        torch.testing.assert_close(expert, every_expert)  # both ranks' rows, in rank order
+        torch.testing.assert_close(res['restored'][0], torch.tensor(DENSE_GRAD))
+        torch.testing.assert_close(res['restored'][1], torch.tensor(EXPERT_GRADS[rank]))
