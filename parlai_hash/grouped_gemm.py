@@ -148,6 +148,8 @@ def grouped_mm_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
         rows = x.new_zeros(sum(groups), x.shape[1]).index_copy(0, where, rows)
     offsets = device_ints(groups, x.device).cumsum(0).to(torch.int32)
     y = _grouped_mm(rows, weight, offs=offsets)
+    if y.requires_grad:
+        y = _DenseGrad.apply(y)
     if padded:
         y = y.index_select(0, where)
     # grouped_mm takes no per-group bias yet: add each row's expert bias.
@@ -164,23 +166,45 @@ def _aligned(x: torch.Tensor, weight: torch.Tensor) -> bool:
 
 
 def grouped_mm_available(device: torch.device, dtype: torch.dtype) -> bool:
-    """Whether torch's grouped GEMM runs here, forward and backward: CPU (where
-    torch has a reference loop for float types), or CUDA after a probe call, cached."""
+    """Whether torch's grouped GEMM runs here, forward and backward, for this
+    dtype: a probe call, cached (which devices and dtypes it supports changes
+    between torch releases; recent CPU builds have a reference loop)."""
     if _grouped_mm is None:
         return False
-    if device.type == 'cpu':
-        return dtype in (torch.float32, torch.bfloat16, torch.float16)
     key = (str(device), dtype)
     if key not in _PROBED:
         try:
-            a = torch.zeros(16, 16, device=device, dtype=dtype, requires_grad=True)
-            b = torch.zeros(2, 16, 16, device=device, dtype=dtype, requires_grad=True)
-            offs = torch.tensor([8, 16], device=device, dtype=torch.int32)
-            _grouped_mm(a, b, offs=offs).sum().backward()
+            # The first call may come from generation (no_grad, inference mode).
+            with torch.inference_mode(False), torch.enable_grad():
+                _probe(device, dtype)
             _PROBED[key] = True
         except (RuntimeError, NotImplementedError):
             _PROBED[key] = False
     return _PROBED[key]
+
+
+def _probe(device: torch.device, dtype: torch.dtype) -> None:
+    a = torch.zeros(16, 16, device=device, dtype=dtype, requires_grad=True)
+    b = torch.zeros(2, 16, 16, device=device, dtype=dtype, requires_grad=True)
+    offs = torch.tensor([8, 16], device=device, dtype=torch.int32)
+    out = _grouped_mm(a, b, offs=offs)
+    # A dense upstream gradient: grouped_mm's backward rejects the stride-0 one
+    # that .sum().backward() would give (see _DenseGrad).
+    out.backward(torch.ones_like(out))
+
+
+class _DenseGrad(torch.autograd.Function):
+    """Identity whose backward makes the incoming gradient contiguous: torch's
+    grouped_mm backward fails on expanded (stride-0) gradients, e.g. from a
+    ``.sum()`` right after the layer."""
+
+    @staticmethod
+    def forward(ctx, x):  # type: ignore[override]
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        return grad.contiguous()
 
 
 def choose_backend(requested: str, x: torch.Tensor, weight: torch.Tensor) -> str:

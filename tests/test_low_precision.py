@@ -46,6 +46,20 @@ def test_grouped_mm_kernel_equals_loop_kernel_in_float32():
     assert torch.equal(grad_w[1], torch.zeros_like(grad_w[1]))  # the empty expert
 
 
+def test_grouped_mm_takes_an_expanded_upstream_gradient():
+    """``.sum()`` hands back a stride-0 gradient, which torch's grouped_mm backward rejects."""
+    counts = [4, 8, 0, 4]  # 16-byte groups in float32 and no dropped rows: nothing re-lays the gradient
+    grads = {}
+    for backend in ('loop', 'grouped_mm'):
+        g = torch.Generator().manual_seed(0)
+        x, w, b = (torch.randn(*shape, generator=g).requires_grad_()
+                   for shape in ((sum(counts), 8), (len(counts), 8, 16), (len(counts), 16)))
+        grouped_linear(x, w, b, counts, backend).sum().backward()
+        grads[backend] = (x.grad, w.grad, b.grad)
+    for a, b in zip(grads['loop'], grads['grouped_mm']):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize('backend', ['loop', 'grouped_mm'])
 def test_half_precision_kernels_match_float32_within_its_tolerance(dtype, backend):
@@ -184,6 +198,21 @@ def test_bad_kernel_or_half_dtype_is_refused_naming_the_option(option, value, ca
     with pytest.raises(SystemExit):
         ParlaiParser(True, True).parse_args(['-m', 'hash_generator', option, value])
     assert f"argument {option}: invalid choice: '{value}'" in capsys.readouterr().err
+
+
+def test_grouped_mm_probe_does_not_depend_on_the_callers_grad_mode(monkeypatch):
+    from parlai_hash import grouped_gemm
+
+    monkeypatch.setattr(grouped_gemm, '_PROBED', {})
+    cpu = torch.device('cpu')
+    with torch.no_grad():  # e.g. the first forward is generation
+        in_no_grad = grouped_gemm.grouped_mm_available(cpu, torch.float32)
+    monkeypatch.setattr(grouped_gemm, '_PROBED', {})
+    with torch.inference_mode():
+        in_inference = grouped_gemm.grouped_mm_available(cpu, torch.float32)
+    monkeypatch.setattr(grouped_gemm, '_PROBED', {})
+    assert in_no_grad == in_inference == grouped_gemm.grouped_mm_available(cpu, torch.float32) is True
+    assert grouped_gemm.grouped_mm_available(cpu, torch.float64) is False  # probed, not listed
 
 
 def test_padded_rows_align_every_group_and_keep_the_order():
