@@ -84,11 +84,17 @@ def layer_rows(args: argparse.Namespace, device: torch.device, dtype: torch.dtyp
         dense = dense.to(device=device, dtype=dtype)
         moe = ExpertFFN(k, args.dim, args.ffn).to(device=device, dtype=dtype)
 
+        # Gradients set to None each call, as training's zero_grad does: accumulating
+        # into K experts' gradients would add traffic the dense layer does not have.
         def dense_step():
+            x.grad = None
+            dense.zero_grad(set_to_none=True)
             dense(x).backward(grad)
 
         def sparse_step(backend):
             def step():
+                x.grad = None
+                moe.zero_grad(set_to_none=True)
                 moe.gemm = backend
                 moe(x, plan).backward(grad)
             return step
