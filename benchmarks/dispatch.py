@@ -16,7 +16,9 @@ Variants, timed round-robin within each (K, T) with the order rotated each round
   training mode, on the same expert weights and dispatch as HASH (only routing
   differs): the router's forward and backward, the gates, Switch's
   load-balancing loss, BASE's balanced assignment (auction) are all timed.
-  Dropless (capacity factor 0), so every row computes every token once.
+  Dropless (capacity factor 0), so every row computes every token once;
+  ``switch-cf1.25`` is Switch at its default capacity factor, which skips the
+  tokens over an expert's capacity (the table gives the share it drops).
 
 Run from the repository root:
 
@@ -60,7 +62,8 @@ SEED = 0
 # for any router, which separates dispatch cost from load imbalance.
 TABLES = ('random', 'balanced', 'even')
 # Learned routing, on the same experts: rows after the hash tables.
-LEARNED = ('switch', 'base')
+LEARNED = ('switch', 'switch-cf1.25', 'base')
+CAPACITY = {'switch': 0.0, 'switch-cf1.25': 1.25}
 ROW_ORDER = TABLES + LEARNED
 DEFAULT_KS = (16, 64, 128)
 DEFAULT_TS = (2048, 8192)
@@ -169,7 +172,7 @@ def hash_step(
 def learned_ffn(kind: str, moe: ExpertFFN, num_tokens: int) -> SparseFFN:
     """A training-mode SparseFFN whose experts are ``moe`` (shared weights)."""
     K = moe.num_experts
-    router = (SwitchRouter(D_MODEL, K, VOCAB, capacity_factor=0.0) if kind == 'switch'
+    router = (SwitchRouter(D_MODEL, K, VOCAB, capacity_factor=CAPACITY[kind]) if kind in CAPACITY
               else BaseRouter(D_MODEL, K))
     ffn = SparseFFN({}, kind, router, K, D_MODEL, D_HIDDEN)
     ffn.experts = moe
@@ -387,6 +390,7 @@ class Row:
     noisy_calls: int  # kept calls that were over the re-run threshold
     check: Dict[str, float]
     samples_ms: Dict[str, List[float]] = field(default_factory=dict)
+    dropped: float = 0.0  # share of tokens no expert computed (Switch over capacity)
 
     @property
     def hash_ratio(self) -> float:
@@ -411,6 +415,7 @@ def make_rows(
     samples: Dict[str, List[Sample]],
     experts: Dict[str, torch.Tensor],
     checks: Dict[str, Dict[str, float]],
+    dropped: Optional[Dict[str, float]] = None,
 ) -> List[Row]:
     rows = []
     for table, e in experts.items():
@@ -431,6 +436,7 @@ def make_rows(
                 noisy_calls=sum(s.noisy for s in kept),
                 check=checks.get(table, {}),
                 samples_ms={n: [1e3 * s.seconds for s in samples[n]] for n in names if n in samples},
+                dropped=(dropped or {}).get(table, 0.0),
             )
         )
     return rows
@@ -451,8 +457,8 @@ def markdown_table(rows: Sequence[Row]) -> str:
         lines.append(
             f'| {r.table} | {r.K} | {r.T} | {r.dense_ms:.0f} ({r.T / r.dense_ms * 1e3:.0f}) '
             f'| {fmt_ratio(r.hash_ms, r.hash_ratio)} | {fmt_ratio(r.loop_ms, r.loop_ratio)} '
-            f'| {speedup} | {r.load_max}/{r.load_mean:.0f} = {r.load_max / r.load_mean:.2f} '
-            f'| {100 * r.bg_max:.0f} |'
+            f'| {speedup} | {r.load_max}/{r.load_mean:.0f} = {r.load_max / r.load_mean:.2f}'
+            f"{f' ({100 * r.dropped:.0f}% dropped)' if r.dropped else ''} | {100 * r.bg_max:.0f} |"
         )
     return '\n'.join(lines)
 
@@ -467,7 +473,15 @@ def target_line(rows: Sequence[Row]) -> str:
         for r in hits
     ]
     overall = 'met' if all(r.hash_ratio >= TARGET_RATIO for r in hits) else 'NOT met'
-    return f"{head}: {overall} ({'; '.join(verdicts)})"
+    line = f"{head}: {overall} ({'; '.join(verdicts)})"
+    switch = [r for r in rows if r.K == TARGET_K and r.T == TARGET_T and r.table == 'switch-cf1.25']
+    balanced = [r for r in hits if r.table == 'balanced']
+    if switch and balanced:
+        h, sw = balanced[0].hash_ratio, switch[0].hash_ratio
+        line += (f"\nHASH/balanced >= switch at capacity 1.25 (K={TARGET_K}, T={TARGET_T}): "
+                 f"{'met' if h >= sw else 'NOT met'} ({h:.2f}x against {sw:.2f}x dense; "
+                 f"switch skipped {100 * switch[0].dropped:.0f}% of the tokens)")
+    return line
 
 
 # ---------------------------------------------------------------------- main
@@ -557,7 +571,8 @@ def run_config(
         f'{len(variants)} variants x {args.reps} reps in {time.perf_counter() - t0:.0f} s'
     )
     routes = {**experts, **{k: f.last_route.experts.reshape(-1) for k, f in learned.items()}}
-    return make_rows(K, T, samples, routes, checks)
+    dropped = {k: f.last_route.stats.get('dropped', 0.0) for k, f in learned.items()}
+    return make_rows(K, T, samples, routes, checks, dropped)
 
 
 def run(args: argparse.Namespace) -> List[Row]:
@@ -602,7 +617,8 @@ def footer(args: argparse.Namespace, rows: Sequence[Row], elapsed_s: float) -> s
         f'(K, T) share one DENSE measurement. Tokens are Zipf (s=1) over {VOCAB} ids; '
         "'even' gives every expert exactly T/K tokens (no table: the best case for any "
         "router); 'switch' and 'base' are the learned routers on the same experts, training "
-        f'mode, dropless, router time included. {bg}. Total {elapsed_s:.0f} s.'
+        "mode, dropless, router time included; 'switch-cf1.25' is Switch at capacity factor "
+        f'1.25 (tokens over capacity skipped). {bg}. Total {elapsed_s:.0f} s.'
     )
     noisy = [r for r in rows if r.noisy_calls]
     if noisy:

@@ -6,7 +6,7 @@ from benchmarks import dispatch
 def test_dispatch_benchmark_runs_and_checks_correctness(capsys):
     dispatch.main(['--ks', '2', '--ts', '64', '--reps', '1', '--no-bg-check', '--malloc-default'])
     out = capsys.readouterr().out
-    for routing in ('random', 'balanced', 'even', 'switch', 'base'):
+    for routing in ('random', 'balanced', 'even', 'switch', 'switch-cf1.25', 'base'):
         assert f'| {routing} | 2 | 64 |' in out
     assert 'target: HASH >= 0.85x dense' in out
 
