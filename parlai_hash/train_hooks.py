@@ -1,9 +1,16 @@
-"""A hook around ParlAI's evaluation loop, for agents that need one.
+"""Hooks into ParlAI's training loop, for agents that need them.
 
-``TrainLoop._run_eval`` runs on every worker, for each periodic validation and
-the final valid/test evaluations. An agent that defines ``before_eval()`` /
-``after_eval()`` gets them called around it, on every worker: expert-parallel
-training gathers its experts there, so evaluation needs no collectives.
+* ``TrainLoop._run_eval`` runs on every worker, for each periodic validation
+  and the final valid/test evaluations. An agent that defines ``before_eval()``
+  / ``after_eval()`` gets them called around it, on every worker:
+  expert-parallel training gathers its experts there, so evaluation needs no
+  collectives.
+* ``TrainLoop._get_time`` decides when ``--save-every-n-secs`` saves. ParlAI
+  syncs the workers' clocks only when another time-based option is set, so
+  each worker may otherwise save at a different step. That is harmless when
+  saving is local, but an agent whose ``saves_collectively`` is true (expert
+  parallelism gathers its experts when saving) would hang there: for it, every
+  worker takes the primary's clock.
 """
 
 from __future__ import annotations
@@ -33,3 +40,16 @@ def extend_train_loop(name: str, module: ModuleType) -> None:
     _run_eval.__doc__ = original.__doc__
     setattr(_run_eval, _MARK, True)
     loop._run_eval = _run_eval
+
+    original_time = loop._get_time
+
+    def _get_time(self, world):
+        times = original_time(self, world)
+        if getattr(self.agent, 'saves_collectively', False) and self.save_every_n_secs < float('inf'):
+            from parlai.utils.distributed import sync_object
+
+            times = sync_object(times)  # the primary's clock: every worker saves on the same step
+        return times
+
+    _get_time.__doc__ = original_time.__doc__
+    loop._get_time = _get_time

@@ -78,9 +78,11 @@ def test_multihash_expert_parallel_training_equals_data_parallel_and_evaluates_o
     runs = {}
     for ep in ('false', 'true'):
         runs[ep] = str(tmp_path / f'ep_{ep}')
+        # --save-every-n-secs: timed saves gather experts, so workers must save on the same
+        # step (parlai_hash.train_hooks syncs their clocks); here one after every step.
         parlai('multiprocessing_train', '--distributed-world-size', '2', *MODEL, '--multihash', '2',
                *TASK, *TRAIN, '--max-train-steps', '3', '-vstep', '3', '--dict-file', d, '-mf', runs[ep],
-               '--expert-parallel', ep, cwd=tmp_path)
+               '--expert-parallel', ep, '--save-every-n-secs', '0.001', cwd=tmp_path)
     dp = torch.load(runs['false'], weights_only=False)['model']
     ep = torch.load(runs['true'], weights_only=False)['model']
     assert set(dp) == set(ep)
@@ -90,6 +92,8 @@ def test_multihash_expert_parallel_training_equals_data_parallel_and_evaluates_o
             torch.testing.assert_close(ep[key], dp[key], rtol=1e-5, atol=1e-6)
     ev = parlai('eval_model', '-mf', runs['true'], *TASK, '--num-examples', '8', cwd=tmp_path)
     assert 'dec0_load_max' in ev.stdout
+    timed = torch.load(runs['true'] + '.checkpoint', weights_only=False)['model']
+    assert timed['decoder.layers.1.ffn.experts.expert_w2.1'].shape == (4, 32, 8)  # gathered there too
 
 
 def test_experts_not_divisible_by_workers_is_an_option_error(tmp_path):

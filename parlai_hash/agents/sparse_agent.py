@@ -170,6 +170,11 @@ class SparseGeneratorAgent(TransformerGeneratorAgent):
 
     # ------------------------------------------------ expert parallelism
 
+    @property
+    def saves_collectively(self) -> bool:
+        """Saving gathers sharded experts on every worker (parlai_hash.train_hooks)."""
+        return bool(getattr(self, '_ep_world', None))
+
     def before_eval(self) -> None:
         """Called on every worker around ParlAI's eval loop (parlai_hash.train_hooks)."""
         if getattr(self, '_ep_world', None):
