@@ -20,7 +20,7 @@ multiple of 16 bytes (see ``grouped_mm_linear``).
 
 from __future__ import annotations
 
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -121,12 +121,15 @@ def rows_per_16_bytes(dtype: torch.dtype) -> int:
     return 16 // dtype.itemsize
 
 
-def padded_rows(counts: List[int], align: int,
-                device: torch.device = torch.device('cpu')) -> Tuple[List[int], torch.Tensor]:
+def padded_rows(counts: List[int], align: int, device: torch.device = torch.device('cpu'),
+                counts_t: Optional[torch.Tensor] = None) -> Tuple[List[int], torch.Tensor]:
     """Each expert's group rounded up to ``align`` rows: the padded group sizes,
-    and where each kept row goes in the padded layout (on ``device``)."""
+    and where each kept row goes in the padded layout (on ``device``).
+    ``counts_t``: ``counts`` already on ``device``, if the caller has it."""
     padded = [-(-n // align) * align for n in counts]
-    counts_t, padded_t = device_ints(counts, device), device_ints(padded, device)
+    if counts_t is None:
+        counts_t = device_ints(counts, device)
+    padded_t = device_ints(padded, device)
     shift = (padded_t.cumsum(0) - padded_t) - (counts_t.cumsum(0) - counts_t)
     kept = sum(counts)
     where = torch.arange(kept, device=device) + torch.repeat_interleave(shift, counts_t, output_size=kept)
@@ -147,8 +150,9 @@ def grouped_mm_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
     align = rows_per_16_bytes(x.dtype)
     needs_grad = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
     padded = needs_grad and any(n % align for n in counts)
+    counts_t = device_ints(counts, x.device)  # once: padding and the bias rows both need it
     if padded:
-        groups, where = padded_rows(counts, align, x.device)
+        groups, where = padded_rows(counts, align, x.device, counts_t)
         rows = x.new_zeros(sum(groups), x.shape[1]).index_copy(0, where, rows)
     offsets = device_ints(groups, x.device).cumsum(0).to(torch.int32)
     y = _grouped_mm(rows, weight, offs=offsets)
@@ -157,7 +161,7 @@ def grouped_mm_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
     if padded:
         y = y.index_select(0, where)
     # grouped_mm takes no per-group bias yet: add each row's expert bias.
-    y = y + torch.repeat_interleave(bias, device_ints(counts, x.device), dim=0, output_size=kept)
+    y = y + torch.repeat_interleave(bias, counts_t, dim=0, output_size=kept)
     if kept < x.shape[0]:
         y = torch.cat([y, y.new_zeros(x.shape[0] - kept, y.shape[1])])
     return y
