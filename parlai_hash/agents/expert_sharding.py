@@ -185,11 +185,15 @@ def global_norm_in_parlai_update(model: nn.Module, optimizer) -> Iterator[None]:
          torch_agent_module.compute_grad_norm) = saved
 
 
+def _state_holder(optimizer):
+    """The torch optimizer holding per-parameter state: ParlAI's fp16 wrappers
+    keep it in the optimizer they wrap."""
+    return getattr(optimizer, 'optimizer', optimizer)
+
+
 def _optimizer_params(optimizer) -> List[torch.Tensor]:
-    """Parameters in the order ``state_dict()`` numbers them; ParlAI's fp16
-    wrappers keep the per-parameter state in the optimizer they wrap."""
-    inner = getattr(optimizer, 'optimizer', optimizer)
-    return [p for group in inner.param_groups for p in group['params']]
+    """Parameters in the order ``state_dict()`` numbers them."""
+    return [p for group in _state_holder(optimizer).param_groups for p in group['params']]
 
 
 def _per_expert(value: Any, rows: int) -> bool:
@@ -226,9 +230,9 @@ def shard_optimizer_state(model: nn.Module, optimizer, rank: int, world: int) ->
     """After ParlAI loaded a checkpoint's optimizer state: cut each expert
     shard's full-K tensors down to this rank's rows."""
     ids = rank_local_ids(model, optimizer)
-    inner = getattr(optimizer, 'optimizer', optimizer)
+    state = _state_holder(optimizer).state
     for param in _optimizer_params(optimizer):
-        entry = inner.state.get(param)
+        entry = state.get(param)
         if id(param) not in ids or not entry:
             continue
         rows = param.shape[0]
