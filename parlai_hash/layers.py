@@ -354,7 +354,7 @@ class SparseTransformerModel(TransformerGeneratorModel):
         return super().reorder_encoder_states(encoder_states, indices)
 
     def sparse_ffns(self) -> Dict[str, SparseFFN]:
-        return {m.name: m for m in self.modules() if isinstance(m, SparseFFN)}
+        return {**self.encoder.sparse_ffns(), **self.decoder.sparse_ffns()}
 
     def decode_forced(self, encoder_states, ys):
         # Teacher forcing: let routers that need the next token (the oracle) see
