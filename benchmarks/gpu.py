@@ -27,6 +27,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 import torch
 import torch.nn as nn
 
+from benchmarks.dispatch import zipf_probs
 from parlai_hash.dispatch import DispatchPlan, ExpertFFN
 from parlai_hash.grouped_gemm import grouped_mm_available
 from parlai_hash.routing.hash_functions import HASH_TYPES, TableInputs
@@ -64,16 +65,12 @@ def round_robin(variants: Dict[str, Callable[[], None]], reps: int, device: torc
     return {k: statistics.median(v) for k, v in samples.items()}
 
 
-def zipf_tokens(num_tokens: int, vocab: int, gen: torch.Generator) -> torch.Tensor:
-    probs = 1.0 / torch.arange(1, vocab + 1, dtype=torch.float64)
-    return torch.multinomial(probs / probs.sum(), num_tokens, True, generator=gen), probs
-
-
 def layer_rows(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) -> List[dict]:
     rows = []
     gen = torch.Generator().manual_seed(0)
     for k in args.ks:
-        tokens, probs = zipf_tokens(args.tokens, args.vocab, gen)
+        probs = zipf_probs(args.vocab, gen)
+        tokens = torch.multinomial(probs, args.tokens, True, generator=gen)
         inputs = TableInputs(vocab_size=args.vocab, n_positions=1, token_counts=probs)
         table = HASH_TYPES['balanced'](k, 0).build_table(inputs)
         experts = table[tokens].to(device)

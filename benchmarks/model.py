@@ -147,10 +147,12 @@ def reply_seconds(agent, batch, reply_len: int) -> float:
     return seconds
 
 
-def paired(samples: Dict[str, List[float]], base: str, k: str) -> List[float]:
-    """Per-round ratios ``k / base``: each round runs every model on the same
-    batch back to back, so machine-wide slow spells cancel out of the ratio."""
-    return [a / b for a, b in zip(samples[k], samples[base])]
+def paired_ratio(results: Dict[str, Dict[str, object]], metric: str, base: str,
+                 k: str) -> Tuple[float, float, float]:
+    """``median_ci`` of the per-round ratios ``k / base`` of ``metric``'s samples:
+    each round runs every model on the same batch back to back, so machine-wide
+    slow spells cancel out of the ratio."""
+    return median_ci([a / b for a, b in zip(results[k][metric], results[base][metric])])
 
 
 def median_ci(values: List[float], level: float = 0.95) -> Tuple[float, float, float]:
@@ -212,9 +214,8 @@ def run(args: argparse.Namespace) -> Dict[str, Dict[str, object]]:
 
 
 def _ratio(results, metric: str, base: str, k: str) -> str:
-    samples = {n: results[n][metric] for n in (base, k)}
-    q1, q2, q3 = median_ci(paired(samples, base, k))
-    return f'{q2:.2f}x [{q1:.2f}-{q3:.2f}]'
+    low, median, high = paired_ratio(results, metric, base, k)
+    return f'{median:.2f}x [{low:.2f}-{high:.2f}]'
 
 
 def table(results: Dict[str, Dict[str, object]], args: argparse.Namespace) -> str:
@@ -250,7 +251,7 @@ def table(results: Dict[str, Dict[str, object]], args: argparse.Namespace) -> st
 def verdict(results: Dict[str, Dict[str, object]]) -> List[str]:
     """The issue's CPU targets, each with the run's evidence."""
     def ratio(metric: str, base: str, k: str) -> Tuple[float, float, float]:
-        return median_ci(paired({n: results[n][metric] for n in (base, k)}, base, k))
+        return paired_ratio(results, metric, base, k)
 
     def judged(q: Tuple[float, float, float], ok) -> str:
         if ok(q[0]) and ok(q[2]):
