@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Dict, List, Optional
 
 import pytest
 
@@ -42,3 +43,41 @@ def run_parlai(*args: str, cwd=None, stdin=None, check: bool = True, env=None):
         raise AssertionError(f"parlai {' '.join(args)} failed:\n"
                              f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     return proc
+
+
+def fake_srun(tasks: int, argv: List[str], cwd: Path, env: Optional[Dict[str, str]] = None) -> List[str]:
+    """What ``srun --ntasks N ARGV`` does on one node: N processes told their rank by SLURM's variables.
+
+    ParlAI asks ``scontrol show hostnames`` for the main host; a stand-in on PATH
+    answers localhost. Returns each task's output; fails showing those that failed.
+    """
+    bin_dir = cwd / 'slurm_bin'
+    bin_dir.mkdir(exist_ok=True)
+    scontrol = bin_dir / 'scontrol'
+    scontrol.write_text('#!/bin/sh\n# "scontrol show hostnames NODELIST": one node\necho localhost\n')
+    scontrol.chmod(0o755)
+    procs = []
+    for rank in range(tasks):
+        task_env = dict(os.environ, **(env or {}), PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+                        PYTHONWARNINGS='ignore', SLURM_JOB_ID='4242', SLURM_JOB_NODELIST='localhost',
+                        SLURM_NTASKS=str(tasks), SLURM_NODEID='0', SLURM_PROCID=str(rank),
+                        SLURM_LOCALID=str(rank))
+        task_env.pop('PARLAI_DATAPATH', None)
+        procs.append(subprocess.Popen(argv, cwd=cwd, env=task_env, stdout=subprocess.PIPE,
+                                      stderr=subprocess.STDOUT, text=True))
+    outputs = []
+    try:
+        for proc in procs:
+            outputs.append(proc.communicate(timeout=300)[0])
+    finally:
+        for proc in procs:
+            proc.kill()
+    failed = [(rank, out) for rank, (proc, out) in enumerate(zip(procs, outputs)) if proc.returncode]
+    assert not failed, '\n'.join(f'task {rank} failed:\n{out[-3000:]}' for rank, out in failed)
+    return outputs
+
+
+def free_port() -> int:
+    from parlai.utils.distributed import find_free_port
+
+    return find_free_port()

@@ -12,9 +12,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import fake_srun, free_port
+
 from parlai_hash.sweeps.cli import main as sweeps_main
 from parlai_hash.sweeps.records import read_record
-from parlai_hash.sweeps.runner import plan_run
+from parlai_hash.sweeps.runner import plan_run, write_point
 from parlai_hash.sweeps.spec import load_sweep
 
 FIXTURE = Path(__file__).parent / 'fixtures' / 'wikitext'
@@ -268,3 +270,22 @@ def test_slurm_resources_and_dependencies_reach_the_scheduler(ran, tmp_path, mon
     assert hash_params['slurm_additional_parameters'] == {'exclusive': True}
     assert ft_params['slurm_additional_parameters'] == {'exclusive': True, 'dependency': 'afterok:1001'}
     assert hash_params['name'] == 'tiny-hash'
+
+
+def test_a_point_on_two_slurm_tasks_trains_expert_parallel_and_rank_0_writes_the_record(ran, tmp_path):
+    """A multi-GPU SLURM job runs one worker per task (here 2 local processes, as srun would)."""
+    sweep_file, sweep, points, _ = ran
+    single = read_record(points['hash'].record_file)
+    point = dataclasses.replace(points['hash'], run_dir=tmp_path / 'hash',
+                                options={**points['hash'].options, 'expert_parallel': True})
+    point_file = write_point(sweep, point, points)
+    outputs = fake_srun(2, [sys.executable, '-m', 'parlai_hash.sweeps.worker', str(point_file)], tmp_path,
+                        env={'MASTER_PORT': str(free_port())})
+    assert 'Distributed group initialized' in outputs[0]
+    record = read_record(point.record_file)
+    assert record is not None and record['train_steps'] == 4 and record['valid']['ppl'] > 1
+    # counted over all K experts, though each worker held K/2
+    for key in ('params', 'params_trainable', 'expert_params', 'active_params'):
+        assert record[key] == single[key], key
+    model = torch.load(point.model_file, weights_only=False)['model']
+    assert model['decoder.layers.1.ffn.experts.expert_w1'].shape[0] == K  # gathered

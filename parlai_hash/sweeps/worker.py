@@ -16,7 +16,7 @@ import os
 import random
 import sys
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 from parlai_hash.io_utils import atomic_write
 from parlai_hash.sweeps.records import environment, git_commit, numeric_report, read_record, valid_curve, write_record
@@ -36,7 +36,8 @@ def count_parameters(model: Any, opt: Dict[str, Any]) -> Dict[str, int]:
     those this run trains (``--freeze`` lowers it); ``expert_params``: inside
     experts; ``active_params``: used per token — each sparse layer runs 1 of
     its K experts (MultiHash: 1 of K copies of each segment), so (K-1)/K of
-    its expert weights are idle for any one token.
+    its expert weights are idle for any one token. With ``--expert-parallel`` a
+    worker holds K/W of each layer's experts; the counts are the whole model's.
     """
     from parlai_hash.layers import SparseFFN
 
@@ -50,8 +51,14 @@ def count_parameters(model: Any, opt: Dict[str, Any]) -> Dict[str, int]:
     idle = 0.0
     for module in model.modules():
         if isinstance(module, SparseFFN):
-            in_experts = sum(p.numel() for p in module.experts.parameters())
+            held = sum(p.numel() for p in module.experts.parameters())
+            # expert weights are stacked [experts held, ...]; a shard holds K/W of them
+            whole = module.num_experts // next(module.experts.parameters()).shape[0]
+            in_experts = held * whole
             experts += in_experts
+            learned += in_experts - held
+            if next(module.experts.parameters()).requires_grad:
+                trainable += in_experts - held
             idle += in_experts * (module.num_experts - 1) / module.num_experts
     return {'params': learned, 'params_trainable': trainable, 'expert_params': experts,
             'active_params': int(round(learned - idle))}
@@ -68,6 +75,24 @@ def _seed_everything(seed: int) -> None:
 
 def _slurm_tasks() -> int:
     return int(os.environ.get('SLURM_NTASKS', '1')) if 'SLURM_JOB_ID' in os.environ else 1
+
+
+def slurm_distributed_argv(argv: List[str], tasks: int) -> List[str]:
+    """``argv`` plus what ParlAI 1.7.2's SLURM set-up needs and does not read from SLURM.
+
+    Its ``slurm_distributed_context`` takes the world size from
+    ``--distributed-world-size`` (unset: the rendezvous fails) and listens on
+    ``--port`` (default 61337 for every job, so two jobs sharing a node would
+    collide). Given ones are kept; else the task count, and ``MASTER_PORT`` or a
+    port derived from the job id.
+    """
+    extra: List[str] = []
+    if '--distributed-world-size' not in argv:
+        extra += ['--distributed-world-size', str(tasks)]
+    if '--port' not in argv:
+        port = os.environ.get('MASTER_PORT') or str(20000 + int(os.environ.get('SLURM_JOB_ID', '0')) % 40000)
+        extra += ['--port', port]
+    return list(argv) + extra
 
 
 class _ValidateAtLastStep:
@@ -128,9 +153,24 @@ class _ValidateAtLastStep:
             pass
 
 
+def _build_dict_before_distributed(opt: Dict[str, Any]) -> None:
+    """Build the point's dictionary in this (primary) task, before the workers meet.
+
+    ParlAI refuses to build one inside distributed training ("Dictionaries should
+    be pre-built"); ``multiprocessing_train`` users run ``build_dict`` first, a
+    sweep point cannot. The other tasks wait for this one at the rendezvous.
+    """
+    from parlai.scripts.build_dict import build_dict
+
+    if opt.get('dict_file') is None and opt.get('model_file'):
+        opt['dict_file'] = opt['model_file'] + '.dict'  # where TrainLoop will look for it
+    build_dict(opt, skip_if_built=True)
+
+
 def _train(argv: list) -> Any:
     """Train with ParlAI's loop; returns the loop (its agent is the best model)."""
-    if _slurm_tasks() > 1:
+    tasks = _slurm_tasks()
+    if tasks > 1:
         import parlai.scripts.distributed_train as distributed_train
         import parlai.utils.distributed as distributed_utils
         import parlai.utils.fsdp as fsdp_utils
@@ -138,7 +178,9 @@ def _train(argv: list) -> Any:
         class Loop(_ValidateAtLastStep, fsdp_utils.JoinableTrainLoop):
             pass
 
-        opt = distributed_train.setup_args().parse_args(argv)
+        opt = distributed_train.setup_args().parse_args(slurm_distributed_argv(argv, tasks))
+        if _is_primary():
+            _build_dict_before_distributed(opt)
         with distributed_utils.slurm_distributed_context(opt) as opt:
             loop = Loop(opt)
             with fsdp_utils.fsdp_join(loop):
