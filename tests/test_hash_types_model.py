@@ -201,3 +201,20 @@ def test_layers_sharing_a_table_share_one_plan_per_forward(tmp_path, baseline):
         with torch.no_grad():
             agent.model.decode_forced(encode(agent, ['1 2']), ys)
         assert len(first.routing.plans) == expected
+
+
+def test_predicted_hashing_trains_on_two_workers_expert_parallel(tmp_path, baseline):
+    """Under distributed training ParlAI wraps the loaded baseline in DDP; the predictor must not be."""
+    from conftest import run_parlai
+
+    out = str(tmp_path / 'model')
+    run_parlai('multiprocessing_train', '--distributed-world-size', '2', '-m', 'hash_generator',
+               '-t', 'integration_tests:nocandidate', '-mf', out, '--dict-file', baseline + '.dict',
+               '--n-layers', '3', '--embedding-size', '16', '--ffn-size', '32', '--n-heads', '2',
+               '--num-experts', '4', '--hash-layers', '0,2', '--hash-type', 'predicted',
+               '--hash-predictor-model-file', baseline, '--expert-parallel', 'true', '-bs', '4',
+               '--max-train-steps', '2', '-vstep', '2', '--validation-max-exs', '8',
+               '--skip-generation', 'true', '-vmt', 'ppl', '--short-final-eval', 'true', cwd=tmp_path)
+    state = torch.load(out, weights_only=False)['model']
+    assert state['decoder.layers.2.ffn.experts.expert_w1'].shape[0] == 4
+    assert not any(k.startswith('predictor.') for k in state)  # the baseline is not saved in it

@@ -182,9 +182,13 @@ class HashGeneratorAgent(SparseGeneratorAgent):
         path = self._existing_file(
             '--hash-predictor-model-file', self.opt.get('hash_predictor_model_file')
         )
-        baseline = create_agent_from_model_file(path, {'datapath': self.opt.get('datapath')})
+        # Evaluation mode (no optimizer), on this worker's device. Under
+        # distributed training ParlAI still wraps its model in DDP: unwrap it.
+        overrides = {'datapath': self.opt.get('datapath'), 'datatype': 'valid',
+                     'gpu': self.opt.get('gpu', -1), 'no_cuda': self.opt.get('no_cuda', False)}
+        baseline = create_agent_from_model_file(path, overrides)
         self._check_vocab('--hash-predictor-model-file', len(baseline.dict))
-        return baseline.model
+        return getattr(baseline.model, 'module', baseline.model)
 
     def _existing_file(self, option: str, path: Optional[str]) -> str:
         if not path:
