@@ -29,7 +29,7 @@ import torch.nn as nn
 
 from benchmarks.dispatch import zipf_probs
 from parlai_hash.dispatch import DispatchPlan, ExpertFFN
-from parlai_hash.grouped_gemm import grouped_mm_available
+from parlai_hash.grouped_gemm import grouped_mm_available, has_fast_grouped_mm
 from parlai_hash.routing.hash_functions import HASH_TYPES, TableInputs
 
 
@@ -97,7 +97,7 @@ def layer_rows(args: argparse.Namespace, device: torch.device, dtype: torch.dtyp
             return step
 
         variants = {'dense': dense_step, 'loop': sparse_step('loop')}
-        if grouped_mm_available(device, dtype):  # torch documents it for bf16 on CUDA
+        if grouped_mm_available(device, dtype):  # fused or torch's fallback: see report()
             variants['grouped_mm'] = sparse_step('grouped_mm')
         ms = round_robin(variants, args.reps, device)
         rows.append({'K': k, 'T': args.tokens, 'dense_ms': ms['dense'],
@@ -161,6 +161,10 @@ def report(args, device, dtype, layers: List[dict], model: Optional[Dict[str, fl
     for r in layers:
         lines.append(f"| {r['K']} | {r['T']} | {r['dense_ms']:.2f} | {cell(r, 'grouped_mm')} | "
                      f"{cell(r, 'loop')} | {r['load_max']:.2f} |")
+    kernel = ("torch's fused kernel (what --expert-gemm auto picks)" if has_fast_grouped_mm(device, dtype) else
+              "torch's fallback, a loop over groups (on CUDA after copying the offsets to the host); "
+              "auto picks loop here")
+    lines += ['', f'grouped_mm here: {kernel}.']
     if model:
         lines += ['', f"Whole model (d={args.dim}, {args.layers}+{args.layers} layers, batch {args.batch}, "
                       f"hash 1x{args.ks[0]}): train tok/s dense {model['dense']:.0f}, hash "

@@ -215,14 +215,24 @@ class _DenseGrad(torch.autograd.Function):
         return grad.contiguous()
 
 
+def has_fast_grouped_mm(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether torch's grouped GEMM has its fused kernel here: bfloat16 on
+    SM90/SM100 (Hopper, Blackwell). Elsewhere torch runs a fallback that copies
+    the group offsets to the host (a sync) and loops over groups: slower than
+    ``loop``, so ``auto`` does not pick it."""
+    return (device.type == 'cuda' and dtype == torch.bfloat16
+            and torch.cuda.get_device_capability(device)[0] in (9, 10))
+
+
 def choose_backend(requested: str, x: torch.Tensor, weight: torch.Tensor) -> str:
-    """``auto`` -> ``grouped_mm`` where it runs and the sizes are aligned, else
-    ``loop``; a forced ``grouped_mm`` that cannot run is an option error."""
+    """``auto`` -> ``grouped_mm`` where its fused kernel runs and the sizes are
+    aligned, else ``loop``; a forced ``grouped_mm`` that cannot run is an option error."""
     if requested == 'loop':
         return 'loop'
-    runs = grouped_mm_available(x.device, x.dtype)
     if requested == 'auto':
-        return 'grouped_mm' if x.is_cuda and runs and _aligned(x, weight) else 'loop'
+        fast = has_fast_grouped_mm(x.device, x.dtype) and _aligned(x, weight)
+        return 'grouped_mm' if fast and grouped_mm_available(x.device, x.dtype) else 'loop'
+    runs = grouped_mm_available(x.device, x.dtype)
     if not runs or not _aligned(x, weight):
         from parlai_hash.errors import OptionError
 

@@ -71,6 +71,18 @@ def test_half_precision_kernels_match_float32_within_its_tolerance(dtype, backen
         torch.testing.assert_close(b.float(), a, rtol=tol, atol=tol * a.abs().max().item())
 
 
+@pytest.mark.parametrize('capability, dtype, fast', [
+    ((9, 0), torch.bfloat16, True), ((10, 0), torch.bfloat16, True),
+    ((8, 0), torch.bfloat16, False), ((9, 0), torch.float16, False), ((9, 0), torch.float32, False)])
+def test_auto_wants_the_grouped_gemm_only_where_torch_has_its_fused_kernel(monkeypatch, capability, dtype, fast):
+    """Elsewhere torch's grouped GEMM is a host-synchronising loop over groups."""
+    from parlai_hash import grouped_gemm
+
+    monkeypatch.setattr(torch.cuda, 'get_device_capability', lambda device=None: capability)
+    assert grouped_gemm.has_fast_grouped_mm(torch.device('cuda', 0), dtype) is fast
+    assert grouped_gemm.has_fast_grouped_mm(torch.device('cpu'), dtype) is False
+
+
 def test_auto_uses_the_loop_on_cpu_and_a_forced_kernel_is_kept():
     x, w, _ = _inputs(torch.bfloat16)
     assert choose_backend('auto', x, w) == 'loop'
@@ -84,8 +96,9 @@ def _hash_agent(tmp_path, dict_file, **extra):
 
 
 def _forced(agent, batch, ys):
-    m = agent.model
-    return m.decode_forced(m.encoder(batch.text_vec), ys)[0]
+    m = agent.model  # on a GPU machine ParlAI puts it on CUDA; batchify leaves the batch on CPU
+    device = next(m.parameters()).device
+    return m.decode_forced(m.encoder(batch.text_vec.to(device)), ys.to(device))[0]
 
 
 def test_expert_gemm_option_reaches_every_layer_and_both_kernels_agree(tmp_path, dict_file):
@@ -182,13 +195,18 @@ def test_cuda_bfloat16_uses_grouped_gemm_and_matches_float32_on_cpu():
     got = gpu(xg, plan_g)
     got.backward(grad.cuda().to(torch.bfloat16))
 
-    def close(a, b):
-        torch.testing.assert_close(a.float().cpu(), b, rtol=3e-2, atol=3e-2 * b.abs().max().item())
+    torch.testing.assert_close(got.float().cpu(), ref, rtol=3e-2, atol=3e-2 * ref.abs().max().item())
 
-    close(got, ref)
-    close(xg.grad, xr.grad)
+    def relative_error(a, b):
+        # Gradients through the ReLU: bf16 rounding flips the sign of near-zero
+        # pre-activations, so ~1% of elements differ outright (the same on CPU
+        # in bf16, either kernel); the norm of the difference stays small
+        # (0.035 on CPU in bf16; 1.3 with tokens sent to the wrong experts).
+        return ((a.float().cpu() - b).norm() / b.norm()).item()
+
+    assert relative_error(xg.grad, xr.grad) < 8e-2
     for name, param in moe.named_parameters():
-        close(dict(gpu.named_parameters())[name].grad, param.grad)
+        assert relative_error(dict(gpu.named_parameters())[name].grad, param.grad) < 8e-2, name
 
 
 @pytest.mark.parametrize('option, value', [('--expert-gemm', 'cutlass'), ('--fp16-dtype', 'float8')])

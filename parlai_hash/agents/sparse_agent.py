@@ -102,8 +102,9 @@ class SparseGeneratorAgent(TransformerGeneratorAgent):
             type=str,
             default='auto',
             choices=['auto', 'loop', 'grouped_mm'],
-            help='GEMM kernel over expert-sorted tokens. auto: torch\'s grouped GEMM on CUDA '
-            'where it runs (bfloat16, sizes multiples of 8), else one GEMM per expert.',
+            help='GEMM kernel over expert-sorted tokens. auto: torch\'s grouped GEMM where it has '
+            'its fused kernel (CUDA SM90/SM100, bfloat16, sizes multiples of 8), else one GEMM '
+            'per expert.',
         )
         group.add_argument(
             '--fp16-dtype',
