@@ -11,6 +11,7 @@ from functools import partial
 from typing import Callable, Dict, Mapping, Optional
 
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 from parlai.agents.transformer.modules import (
     TransformerDecoder,
@@ -80,6 +81,10 @@ class SparseFFN(nn.Module):
         # gathered on every rank, so it needs no collective (ranks may run
         # different numbers of batches or decoding steps there).
         self.expert_parallel = False
+        # Expert-parallel exchanges run on their own process group (set when
+        # sharding): they happen inside backward, next to DDP's asynchronous
+        # all-reduces, which would otherwise share one communicator with them.
+        self.expert_group: Optional[dist.ProcessGroup] = None
         self.full_experts: Optional[Experts] = None
 
     def forward(self, x: torch.Tensor, **kwargs) -> torch.Tensor:
@@ -105,7 +110,8 @@ class SparseFFN(nn.Module):
         per_hash = [experts] if self.num_hashes == 1 else experts.unbind(-1)
         if self.expert_parallel and self.training:
             plans = self._plan(decided, 'expert-parallel', lambda: [
-                ExpertParallelPlan.build(e, self.num_experts, keep=keep) for e in per_hash])
+                ExpertParallelPlan.build(e, self.num_experts, keep=keep, group=self.expert_group)
+                for e in per_hash])
             if self.num_hashes == 1:
                 y = expert_parallel_forward(x, plans[0], self.experts)
             else:

@@ -10,12 +10,10 @@ labels, through the model's own tokenizer.
 from __future__ import annotations
 
 import copy
-import logging
 from typing import Any, Mapping
 
 import torch
-
-logger = logging.getLogger(__name__)
+from parlai.utils import logging as logger  # ParlAI's log: shown at its --loglevel
 
 
 def counts_are_informative(counts: torch.Tensor) -> bool:

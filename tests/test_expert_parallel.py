@@ -1,5 +1,6 @@
 """Expert parallelism on 2 and 4 CPU processes (gloo) equals the single-process layer."""
 
+import dataclasses
 import os
 
 import pytest
@@ -146,7 +147,11 @@ def multihash_worker(rank, world, init, out_dir):
         with torch.no_grad():
             y_eval, _ = multihash_forward(layers, tokens[rank : rank + 1], xr)
         torch.save({
-            'y': y.detach(), 'dx': xr.grad, 'y_eval': y_eval, 'plans': list(ctx.plans.values()),
+            'y': y.detach(), 'dx': xr.grad, 'y_eval': y_eval,
+            # the layers' own process group (not picklable) stays behind
+            'plans': [[dataclasses.replace(p, group=None) for p in plans] for plans in ctx.plans.values()],
+            'groups': {layer.expert_group is not None and layer.expert_group != dist.group.WORLD
+                       for layer in layers},
             'grads': {n: p.grad for n, p in layers.named_parameters() if getattr(p, RANK_LOCAL, False)},
             'full': gather_full_experts(layers),
         }, os.path.join(out_dir, f'rank{rank}.pt'))
@@ -178,6 +183,7 @@ def test_multihash_expert_parallel_equals_single_process(tmp_path, world):
         for name, w in res['full'].items():
             torch.testing.assert_close(w, ref_params[name].detach())
         (plans,) = res['plans']  # one exchange of counts per hash, shared by both layers
+        assert res['groups'] == {True}  # the exchanges ran on the layers' own group
         assert len(plans) == NH
     assert y_ref[0, -2:].abs().sum() == 0  # padding was never computed
 

@@ -87,8 +87,10 @@ def test_fp16_optimizers_see_the_global_norm_and_skip_an_overflow_together(tmp_p
             assert res['loss_scale'] < LOSS_SCALE
 
 
-def test_without_the_patch_ranks_would_disagree():
-    """The reason for it: ParlAI's own norm covers only this rank's gradients."""
+def test_control_parlai_alone_takes_only_this_ranks_norm():
+    """A control, not a test of our code: on this set-up ParlAI's own norm (this
+    rank's gradients only) differs from the global one, so the global-norm checks
+    above can fail: they would if the patch were not applied."""
     from parlai.utils.fp16 import clip_grad_norm
 
     model, optimizer = make(0, 'safe', overflow=False)

@@ -5,6 +5,7 @@ import shutil
 import torch
 
 from conftest import run_parlai as parlai
+from test_baselines import _agent, batch_of, dict_file  # noqa: F401  (fixture)
 
 TASK = ['-t', 'integration_tests:nocandidate']
 MODEL = ['-m', 'hash_generator', '--n-layers', '2', '--embedding-size', '16', '--ffn-size', '32',
@@ -20,11 +21,15 @@ TRAIN = ['-dt', 'train:ordered', '-bs', '4', '--max-train-steps', '6', '-vstep',
 def test_expert_parallel_training_equals_data_parallel_and_checkpoints_are_whole(tmp_path):
     d = str(tmp_path / 'model.dict')
     parlai('build_dict', *TASK, '--dict-file', d, cwd=tmp_path)
-    runs = {}
+    runs, logs = {}, {}
     for ep in ('false', 'true'):
         runs[ep] = str(tmp_path / f'ep_{ep}')
-        parlai('multiprocessing_train', '--distributed-world-size', '2', *MODEL, *TASK, *TRAIN,
-               '--dict-file', d, '-mf', runs[ep], '--expert-parallel', ep, cwd=tmp_path)
+        proc = parlai('multiprocessing_train', '--distributed-world-size', '2', *MODEL, *TASK, *TRAIN,
+                      '--dict-file', d, '-mf', runs[ep], '--expert-parallel', ep, cwd=tmp_path)
+        logs[ep] = proc.stdout + proc.stderr
+    # the workers really held half the experts each (else every check below holds trivially)
+    assert '--expert-parallel: 2 experts per worker on 2 workers' in logs['true']
+    assert '--expert-parallel:' not in logs['false']
     dp = torch.load(runs['false'], weights_only=False)['model']
     ep = torch.load(runs['true'], weights_only=False)['model']
     assert set(dp) == set(ep)
@@ -80,9 +85,10 @@ def test_multihash_expert_parallel_training_equals_data_parallel_and_evaluates_o
         runs[ep] = str(tmp_path / f'ep_{ep}')
         # --save-every-n-secs: timed saves gather experts, so workers must save on the same
         # step (parlai_hash.train_hooks syncs their clocks); here one after every step.
-        parlai('multiprocessing_train', '--distributed-world-size', '2', *MODEL, '--multihash', '2',
-               *TASK, *TRAIN, '--max-train-steps', '3', '-vstep', '3', '--dict-file', d, '-mf', runs[ep],
-               '--expert-parallel', ep, '--save-every-n-secs', '0.001', cwd=tmp_path)
+        proc = parlai('multiprocessing_train', '--distributed-world-size', '2', *MODEL, '--multihash', '2',
+                      *TASK, *TRAIN, '--max-train-steps', '3', '-vstep', '3', '--dict-file', d,
+                      '-mf', runs[ep], '--expert-parallel', ep, '--save-every-n-secs', '0.001', cwd=tmp_path)
+        assert ('--expert-parallel: 2 experts per worker' in proc.stdout + proc.stderr) == (ep == 'true')
     dp = torch.load(runs['false'], weights_only=False)['model']
     ep = torch.load(runs['true'], weights_only=False)['model']
     assert set(dp) == set(ep)
@@ -105,3 +111,34 @@ def test_experts_not_divisible_by_workers_is_an_option_error(tmp_path):
                   cwd=tmp_path, check=False)
     assert proc.returncode != 0
     assert '--num-experts: 3 experts cannot be split evenly over 2 workers' in proc.stdout + proc.stderr
+
+
+def test_out_of_memory_in_expert_parallel_training_stops_with_the_fix(tmp_path, dict_file, monkeypatch):
+    """ParlAI skips an out-of-memory batch and runs a dummy one to keep DDP in step; under
+    expert parallelism that dummy batch's exchanges would pair with other ranks' collectives."""
+    import pytest
+    from parlai_hash.errors import OptionError
+
+    agent = _agent(tmp_path, dict_file, 'hash_generator', hash_type='random')
+    batch = batch_of(agent, [('1 2 3', '4 5 6')])
+
+    def out_of_memory(*args, **kwargs):
+        raise RuntimeError('CUDA out of memory. Tried to allocate 2.00 GiB')
+
+    monkeypatch.setattr(agent, 'compute_loss', out_of_memory)
+    agent._ep_world = 2  # what build_model sets under --expert-parallel on 2 workers
+    with pytest.raises(OptionError, match='^--batchsize: a worker ran out of memory'):
+        agent.train_step(batch)
+    # one process: ParlAI's skip-the-batch handling as before (its dummy batch computes)
+    real_loss = type(agent).compute_loss.__get__(agent)
+    calls = []
+
+    def first_call_out_of_memory(*args, **kwargs):
+        calls.append(1)
+        return out_of_memory() if len(calls) == 1 else real_loss(*args, **kwargs)
+
+    monkeypatch.setattr(agent, 'compute_loss', first_call_out_of_memory)
+    agent._ep_world = None
+    agent.reset_metrics()
+    agent.train_step(batch)
+    assert agent.report()['skipped_batches'] == 1 and len(calls) == 2

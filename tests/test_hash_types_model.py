@@ -218,3 +218,23 @@ def test_predicted_hashing_trains_on_two_workers_expert_parallel(tmp_path, basel
     state = torch.load(out, weights_only=False)['model']
     assert state['decoder.layers.2.ffn.experts.expert_w1'].shape[0] == 4
     assert not any(k.startswith('predictor.') for k in state)  # the baseline is not saved in it
+
+
+@pytest.mark.parametrize('hash_type', ['predicted', 'clustered'])
+def test_a_baseline_whose_dictionary_orders_tokens_differently_is_refused(tmp_path, baseline, hash_type):
+    """Same size, two tokens swapped: its token ids would mean other words."""
+    other = tmp_path / 'other'
+    shutil.copy(baseline, other)
+    shutil.copy(baseline + '.opt', str(other) + '.opt')
+    lines = open(baseline + '.dict', encoding='utf-8').read().splitlines()
+    lines[4], lines[5] = lines[5], lines[4]  # the first two after the special tokens
+    (tmp_path / 'other.dict').write_text('\n'.join(lines) + '\n', encoding='utf-8')
+    option = {'predicted': 'hash_predictor_model_file', 'clustered': 'hash_cluster_model_file'}[hash_type]
+    with pytest.raises(OptionError, match=f"^--{option.replace('_', '-')}: its dictionary has other tokens "
+                                          r"or another order than this model's \(id 4: "):
+        hash_agent(tmp_path, baseline, hash_type, **{option: str(other)})
+
+
+def test_clustered_with_more_experts_than_tokens_names_the_option(tmp_path, baseline):
+    with pytest.raises(OptionError, match='^--num-experts: k-means cannot make 64 clusters of'):
+        hash_agent(tmp_path, baseline, 'clustered', num_experts=64)

@@ -43,8 +43,12 @@ def sparse_layers(model: nn.Module) -> Dict[str, SparseFFN]:
 
 
 def shard_model(model: nn.Module, rank: int, world: int) -> None:
-    """Keep this rank's experts; tell DDP to leave them alone."""
-    for ffn in sparse_layers(model).values():
+    """Keep this rank's experts; tell DDP to leave them alone; give the
+    layers' token exchanges a process group of their own (every rank calls this)."""
+    import torch.distributed as dist
+
+    layers = sparse_layers(model).values()
+    for ffn in layers:
         full = dict(ffn.experts.named_parameters())
         local = local_expert_ffn(ffn.experts, rank, world)
         for pname, param in local.named_parameters():
@@ -52,6 +56,9 @@ def shard_model(model: nn.Module, rank: int, world: int) -> None:
             setattr(param, RANK_LOCAL, True)
         ffn.experts = local
         ffn.expert_parallel = True
+    group = dist.new_group()
+    for ffn in layers:
+        ffn.expert_group = group
     ignored = [n for n, p in model.named_parameters() if getattr(p, RANK_LOCAL, False)]
     torch.nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, ignored)
 

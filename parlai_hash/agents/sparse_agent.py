@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
+import os
 from typing import Optional
-
-import logging
 
 import torch
 import torch.nn as nn
@@ -15,9 +14,11 @@ from parlai.agents.transformer.transformer import (
 from parlai.core.metrics import AverageMetric
 from parlai.core.opt import Opt
 from parlai.core.params import ParlaiParser
+from parlai.utils import logging as logger  # ParlAI's log: shown at its --loglevel
 
 from parlai_hash import compat
 from parlai_hash.agents import expert_sharding as sharding
+from parlai_hash.agents.checkpoint_fit import check_checkpoint_fits
 from parlai_hash.errors import OptionError, install_excepthook
 from parlai_hash.freezing import FREEZE_MODES, apply_freeze
 from parlai_hash.layers import SparseTransformerModel
@@ -32,8 +33,6 @@ HALF_DTYPES = {'float16': torch.float16, 'bfloat16': torch.bfloat16}
 
 #: ParlAI gives special tokens sentinel counts (~1e9); they are not real frequencies.
 _SENTINEL_COUNT = 1_000_000_000
-
-logger = logging.getLogger(__name__)
 
 
 def dictionary_counts(dictionary) -> torch.Tensor:
@@ -123,6 +122,18 @@ class SparseGeneratorAgent(TransformerGeneratorAgent):
     def _num_hashes(self) -> int:
         """Routes per token (MultiHash overrides)."""
         return 1
+
+    def _get_init_model(self, opt: Opt, shared):
+        # ParlAI ignores an --init-model that does not exist and trains from
+        # scratch: a fine-tuning run (--freeze ...) would look normal and be wrong.
+        path = opt.get('init_model')
+        model_file = opt.get('model_file')
+        if (not shared and path and not os.path.isfile(path)
+                and not (model_file and os.path.isfile(model_file))):
+            raise OptionError('--init-model', f"{path} does not exist",
+                              "give the path of a trained model file, or leave --init-model out "
+                              "to train from scratch")
+        return super()._get_init_model(opt, shared)
 
     def build_model(self, states=None):
         _check_positional_embeddings(self.opt)
@@ -225,6 +236,21 @@ class SparseGeneratorAgent(TransformerGeneratorAgent):
                                            dist.get_rank(), self._ep_world)
         return reset
 
+    def _fake_forward_backward_pass(self):
+        # ParlAI's answer to an out-of-memory batch: skip it, and run a dummy
+        # batch to keep DDP's all-reduces in step. Expert-parallel workers would
+        # be mid-way through the batch's token exchanges, so the dummy batch's
+        # exchanges would pair with another rank's gradient-norm all-reduce: a
+        # hang or garbage. Stop instead.
+        if getattr(self, '_ep_world', None):
+            raise OptionError(
+                '--batchsize',
+                'a worker ran out of memory in expert-parallel training, where workers cannot '
+                'skip a batch on their own (every step exchanges tokens between all of them)',
+                'lower -bs or --truncate, or use more workers, and resume from the checkpoint',
+            )
+        return super()._fake_forward_backward_pass()
+
     def update_params(self):
         if not getattr(self, '_ep_world', None):
             return super().update_params()
@@ -260,16 +286,8 @@ class SparseGeneratorAgent(TransformerGeneratorAgent):
         return (loss, output) if return_output else loss
 
     def load_state_dict(self, state_dict):
+        check_checkpoint_fits(state_dict, self._bare_model().state_dict(), self.opt['num_experts'])
         if getattr(self, '_ep_world', None):
             import torch.distributed as dist
             sharding.shard_state_dict(self._bare_model(), state_dict, dist.get_rank(), self._ep_world)
-        own = self._bare_model().state_dict()
-        for key, value in state_dict.items():
-            if key.endswith('router.table') and key in own and own[key].shape != value.shape:
-                raise OptionError(
-                    '--dict-file',
-                    f"the checkpoint's routing table ({key}) covers {value.shape[-1]} tokens "
-                    f"but the dictionary has {own[key].shape[-1]}",
-                    "use the dictionary the model was trained with (its .dict file)",
-                )
         return super().load_state_dict(state_dict)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from typing import List, Optional
 
 import torch
@@ -12,7 +11,6 @@ from parlai_hash.errors import OptionError
 from parlai_hash.routing.context import RoutingContext
 from parlai_hash.routing.hash_functions import HASH_TYPES, HashFunction, TableInputs
 
-logger = logging.getLogger(__name__)
 
 
 def hash_function_class(hash_type: str):

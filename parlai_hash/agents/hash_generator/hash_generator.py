@@ -2,23 +2,33 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import zlib
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
 import torch
 import torch.nn as nn
 from parlai.agents.transformer.modules import get_n_positions_from_options
 from parlai.core.opt import Opt
 from parlai.core.params import ParlaiParser
+from parlai.utils import logging as logger  # ParlAI's log: shown at its --loglevel
 
 from parlai_hash.agents.sparse_agent import SparseGeneratorAgent, dictionary_counts
 from parlai_hash.errors import OptionError
 from parlai_hash.routing import HASH_TYPES, HashRouter, TableInputs, hash_function_class
 from parlai_hash.token_counts import count_training_tokens, counts_are_informative
 
-logger = logging.getLogger(__name__)
+
+def _saved_tokens(dict_file: str) -> Optional[List[str]]:
+    """The tokens of a dictionary saved by ParlAI, in id order (its file lists them
+    so), or None if there is no such file."""
+    from parlai.core.dict import unescape
+
+    if not os.path.isfile(dict_file):
+        return None
+    with open(dict_file, encoding='utf-8') as f:
+        # as DictionaryAgent.load reads it
+        return [unescape(line.strip().split('\t')[0]) for line in f if line.strip()]
 
 
 class HashGeneratorAgent(SparseGeneratorAgent):
@@ -173,7 +183,11 @@ class HashGeneratorAgent(SparseGeneratorAgent):
                 f"{path} has no token embeddings (model key embeddings.weight)",
                 "point it at a trained ParlAI transformer model file",
             )
-        self._check_vocab('--hash-cluster-model-file', emb.shape[0])
+        self._check_vocab('--hash-cluster-model-file', emb.shape[0], _saved_tokens(path + '.dict'))
+        if self.opt['num_experts'] > emb.shape[0]:
+            raise OptionError('--num-experts', f"k-means cannot make {self.opt['num_experts']} clusters "
+                              f"of {emb.shape[0]} token embeddings",
+                              f"use at most {emb.shape[0]} experts, or another --hash-type")
         return emb
 
     def _load_predictor(self) -> nn.Module:
@@ -187,7 +201,8 @@ class HashGeneratorAgent(SparseGeneratorAgent):
         overrides = {'datapath': self.opt.get('datapath'), 'datatype': 'valid',
                      'gpu': self.opt.get('gpu', -1), 'no_cuda': self.opt.get('no_cuda', False)}
         baseline = create_agent_from_model_file(path, overrides)
-        self._check_vocab('--hash-predictor-model-file', len(baseline.dict))
+        self._check_vocab('--hash-predictor-model-file', len(baseline.dict),
+                          [baseline.dict.ind2tok[i] for i in range(len(baseline.dict))])
         return getattr(baseline.model, 'module', baseline.model)
 
     def _existing_file(self, option: str, path: Optional[str]) -> str:
@@ -201,10 +216,23 @@ class HashGeneratorAgent(SparseGeneratorAgent):
             raise OptionError(option, f"{path} does not exist", "give the path of a trained model file")
         return path
 
-    def _check_vocab(self, option: str, size: int) -> None:
+    def _check_vocab(self, option: str, size: int, tokens: Optional[List[str]] = None) -> None:
+        """The baseline's token ids must mean the same words as ours: same size and,
+        where its token list is known, the same tokens in the same order."""
         if size != len(self.dict):
             raise OptionError(
                 option,
                 f"its dictionary has {size} tokens but this model's has {len(self.dict)}",
+                "train the baseline with the same --dict-file",
+            )
+        if tokens is None or len(tokens) != size:
+            return  # its token list is unknown, or not read as ParlAI reads it: size only
+        ours = [self.dict.ind2tok[i] for i in range(len(self.dict))]
+        differ = next((i for i, (a, b) in enumerate(zip(tokens, ours)) if a != b), None)
+        if differ is not None:
+            raise OptionError(
+                option,
+                f"its dictionary has other tokens or another order than this model's (id {differ}: "
+                f"{tokens[differ]!r} there, {ours[differ]!r} here), so its token ids mean other words",
                 "train the baseline with the same --dict-file",
             )

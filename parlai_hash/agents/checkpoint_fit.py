@@ -1,0 +1,86 @@
+"""Does a checkpoint fit the model these options build? One line naming the option if not.
+
+Without this, resuming or fine-tuning with other sparse options (``--num-experts``,
+``--hash-layers``, another agent or hash type) stops in torch's ``load_state_dict``
+with a list of size mismatches and missing keys.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Dict, List, Mapping, Set
+
+import torch
+
+from parlai_hash.errors import OptionError
+
+_EXPERT_KEY = re.compile(r'^(encoder|decoder)\.layers\.(\d+)\.ffn\.experts\.')
+_EXPERT_W1 = re.compile(r'\.ffn\.experts\.expert_w1(\.\d+)?$')
+_LAYER_OPTION = {'decoder': '--hash-layers', 'encoder': '--hash-encoder-layers'}
+_FRESH = 'or use a fresh --model-file (and no --init-model)'
+
+
+def expert_layers(keys) -> Dict[str, List[int]]:
+    """Stack -> indices of the layers whose FFN holds experts."""
+    found: Dict[str, Set[int]] = {'encoder': set(), 'decoder': set()}
+    for key in keys:
+        match = _EXPERT_KEY.match(key)
+        if match:
+            found[match.group(1)].add(int(match.group(2)))
+    return {stack: sorted(layers) for stack, layers in found.items()}
+
+
+def _routing_state(keys) -> Set[str]:
+    return {key.split('.ffn.router.', 1)[1] for key in keys if '.ffn.router.' in key}
+
+
+def _describe(layers: Dict[str, List[int]]) -> str:
+    parts = [f"{stack} layers {','.join(map(str, idx))}" for stack, idx in layers.items() if idx]
+    return ' and '.join(parts) or 'no layer (a dense model)'
+
+
+def check_checkpoint_fits(
+    state: Mapping[str, torch.Tensor], own: Mapping[str, torch.Tensor], num_experts: int
+) -> None:
+    """Raise an OptionError if ``state`` (a checkpoint's model) cannot load into a
+    model whose state dict is ``own`` with ``num_experts`` experts per layer."""
+    theirs, ours = expert_layers(state), expert_layers(own)
+    if theirs != ours:
+        if not any(theirs.values()):
+            raise OptionError(
+                '--init-model', "the checkpoint is a dense model (no expert layers), these "
+                f"options put experts in {_describe(ours)}",
+                f"train the sparse model from scratch, {_FRESH}",
+            )
+        stack = 'decoder' if theirs['decoder'] != ours['decoder'] else 'encoder'
+        wanted = ','.join(map(str, theirs[stack])) or "''"
+        raise OptionError(
+            _LAYER_OPTION[stack], f"the checkpoint has experts in {_describe(theirs)}, these "
+            f"options in {_describe(ours)}",
+            f"pass {_LAYER_OPTION[stack]} {wanted} as it was trained, {_FRESH}",
+        )
+    counts = sorted({int(value.shape[0]) for key, value in state.items() if _EXPERT_W1.search(key)})
+    if counts and counts != [num_experts]:
+        raise OptionError(
+            '--num-experts', f"the checkpoint has {'/'.join(map(str, counts))} experts per sparse "
+            f"layer, these options {num_experts}",
+            f"pass --num-experts {counts[0]} as it was trained, {_FRESH}",
+        )
+    theirs_routing, ours_routing = _routing_state(state), _routing_state(own)
+    if theirs_routing != ours_routing:
+        raise OptionError(
+            '--model', f"the checkpoint's routers hold {sorted(theirs_routing)}, the routers these "
+            f"options build hold {sorted(ours_routing)}: it was trained with another agent "
+            "(-m) or routing option (--hash-type, --multihash, --switch-input)",
+            f"use the options it was trained with (its .opt file), {_FRESH}",
+        )
+    for key, value in state.items():
+        if key.endswith('router.table') and key in own and own[key].shape != value.shape:
+            # Token-indexed tables have one entry per dictionary token.
+            raise OptionError(
+                '--dict-file or --hash-type',
+                f"the checkpoint's routing table ({key}) has shape {tuple(value.shape)}, these "
+                f"options build {tuple(own[key].shape)}: it was built for a dictionary of another "
+                "size or another hash type",
+                "use the dictionary (its .dict file) and --hash-type it was trained with",
+            )
