@@ -13,6 +13,11 @@ Model: training tokens/s of a dense encoder-decoder and of hash 1xK (one
 sparse decoder layer) through the real ParlAI agents, on the device, in the
 given dtype (ParlAI's ``--fp16`` with ``--fp16-dtype``), as a ratio to dense.
 
+Check: before timing, each sparse variant's warm-up call (the very function
+that is timed) must give the output and input gradient of a float32 copy of the
+layer, and grouped_mm and loop each other's, within a relative-norm bound fit
+for the dtype (bf16 rounding flips ReLU signs near zero, so no elementwise bound).
+
 Timing: CUDA events around each call after warm-up, variants interleaved
 round-robin, medians.
 """
@@ -20,6 +25,7 @@ round-robin, medians.
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import time
 from typing import Callable, Dict, List, Optional, Sequence
@@ -31,6 +37,48 @@ from benchmarks.dispatch import zipf_probs
 from parlai_hash.dispatch import DispatchPlan, ExpertFFN
 from parlai_hash.grouped_gemm import grouped_mm_available, has_fast_grouped_mm
 from parlai_hash.routing.hash_functions import HASH_TYPES, TableInputs
+
+
+#: Bound on ||got - ref|| / ||ref|| per dtype. Low precision: rounding of inputs,
+#: weights and the hidden layer (and ReLU signs flipped by it) gives about 1e-2.
+CHECK_RTOL = {torch.bfloat16: 5e-2, torch.float16: 5e-2, torch.float32: 1e-3}
+
+
+def rel_err(got: Optional[torch.Tensor], ref: torch.Tensor) -> float:
+    """Relative norm error in float32; a missing tensor (no output, no gradient) is inf."""
+    if got is None:
+        return float('inf')
+    got, ref = got.float(), ref.float()
+    return ((got - ref).norm() / ref.norm().clamp_min(1e-30)).item()
+
+
+def check_sparse(steps: Dict[str, Callable[[], Optional[torch.Tensor]]], moe: ExpertFFN,
+                 x: torch.Tensor, plan: DispatchPlan, grad: torch.Tensor) -> Dict[str, float]:
+    """Warm-up call of each sparse step, asserting its output and ``x.grad`` match a
+    float32 copy of ``moe`` (loop kernel), and the kernels match each other."""
+    ref = copy.deepcopy(moe).float()
+    ref.gemm = 'loop'
+    x32 = x.detach().float().requires_grad_(True)
+    y_ref = ref(x32, plan)
+    y_ref.backward(grad.float())
+    got = {}
+    for name, fn in steps.items():
+        x.grad = None
+        y = fn()
+        got[name] = (None if y is None else y.detach(), x.grad)
+    x.grad = None
+    errs = {}
+    for name, (y, dx) in got.items():
+        errs[f'{name} y'] = rel_err(y, y_ref)
+        errs[f'{name} dx'] = rel_err(dx, x32.grad)
+    if 'grouped_mm' in got and 'loop' in got:
+        (y_g, dx_g), (y_l, dx_l) = got['grouped_mm'], got['loop']
+        errs['grouped_mm vs loop y'] = rel_err(y_g, y_l) if y_l is not None else float('inf')
+        errs['grouped_mm vs loop dx'] = rel_err(dx_g, dx_l) if dx_l is not None else float('inf')
+    bound = CHECK_RTOL[x.dtype]
+    bad = {k: v for k, v in errs.items() if not v < bound}  # `not <` also catches NaN
+    assert not bad, f'sparse kernels disagree (relative error >= {bound} in {x.dtype}): {bad}'
+    return errs
 
 
 def _timer(device: torch.device) -> Callable[[Callable[[], None]], float]:
@@ -93,16 +141,19 @@ def layer_rows(args: argparse.Namespace, device: torch.device, dtype: torch.dtyp
                 x.grad = None
                 moe.zero_grad(set_to_none=True)
                 moe.gemm = backend
-                moe(x, plan).backward(grad)
+                y = moe(x, plan)
+                y.backward(grad)
+                return y
             return step
 
-        variants = {'dense': dense_step, 'loop': sparse_step('loop')}
+        sparse = {'loop': sparse_step('loop')}
         if grouped_mm_available(device, dtype):  # fused or torch's fallback: see report()
-            variants['grouped_mm'] = sparse_step('grouped_mm')
-        ms = round_robin(variants, args.reps, device)
+            sparse['grouped_mm'] = sparse_step('grouped_mm')
+        errs = check_sparse(sparse, moe, x, plan, grad)
+        ms = round_robin({'dense': dense_step, **sparse}, args.reps, device)
         rows.append({'K': k, 'T': args.tokens, 'dense_ms': ms['dense'],
                      'grouped_mm_ms': ms.get('grouped_mm'), 'loop_ms': ms['loop'],
-                     'load_max': max(plan.counts) * k / args.tokens})
+                     'load_max': max(plan.counts) * k / args.tokens, 'check': errs})
     return rows
 
 
@@ -165,6 +216,11 @@ def report(args, device, dtype, layers: List[dict], model: Optional[Dict[str, fl
               "torch's fallback, a loop over groups (on CUDA after copying the offsets to the host); "
               "auto picks loop here")
     lines += ['', f'grouped_mm here: {kernel}.']
+    kernels = ' and '.join(k for k in ('grouped_mm', 'loop') if any(r[f'{k}_ms'] is not None for r in layers))
+    worst = max((v for r in layers for v in r['check'].values()), default=float('nan'))
+    lines += ['', f'check ok: {kernels} match a float32 copy of the layer and each other, output and '
+                  f'input gradient (worst relative norm error {worst:.1e} < {CHECK_RTOL[dtype]:g} '
+                  f'for {str(dtype).replace("torch.", "")}).']
     if model:
         lines += ['', f"Whole model (d={args.dim}, {args.layers}+{args.layers} layers, batch {args.batch}, "
                       f"hash 1x{args.ks[0]}): train tok/s dense {model['dense']:.0f}, hash "

@@ -1,13 +1,17 @@
 """Switch, Token Switch and BASE: routers, losses, capacity, assignment, agents."""
 
+import math
+
 import pytest
 import torch
+import torch.nn.functional as F
 from parlai.core.agents import create_agent, create_agent_from_model_file
 from parlai.core.params import ParlaiParser
 from scipy.optimize import linear_sum_assignment
 
 from parlai_hash.errors import OptionError
 from parlai_hash.layers import SparseFFN
+from parlai_hash.metrics import expert_load
 from parlai_hash.routing import (BaseRouter, RoutingContext, SwitchRouter, balanced_assignment,
                                  load_balancing_loss)
 from parlai_hash.routing.assignment import expert_capacities
@@ -57,23 +61,129 @@ def test_switch_router_gradients_flow_through_gates_and_loss():
     assert torch.all((gate > 0) & (gate <= 1))
 
 
+def expert_reference(ffn, x, experts, activation):
+    """Each token through its routed expert, from the stacked weights directly."""
+    ex = ffn.experts
+    flat, ids = x.reshape(-1, D), experts.reshape(-1)
+    out = torch.stack([
+        activation(flat[i] @ ex.expert_w1[e] + ex.expert_b1[e]) @ ex.expert_w2[e] + ex.expert_b2[e]
+        for i, e in enumerate(ids.tolist())
+    ])
+    return out.reshape(x.shape)
+
+
+def test_switch_output_is_the_gate_times_the_routed_expert_and_trains_the_router():
+    torch.manual_seed(11)
+    router = switch(capacity_factor=0.6, load_balance_weight=0.0)
+    ffn = SparseFFN({}, 'dec0', router, K, D, 16, activation='gelu')
+    ffn.train()
+    tokens, x = capacity_batch(11)
+    ffn.routing = ctx_for(tokens)
+    y = ffn(x)
+    route = ffn.last_route
+    keep = route.keep
+    assert keep is not None and (~keep & (tokens != 0)).any() and keep.any()
+    probs = (x @ router.router_weight.t()).softmax(-1)
+    torch.testing.assert_close(route.gates, probs.max(-1).values)  # gate: top-1 probability
+    assert torch.all(route.gates < 0.9)  # far from 1: an ungated output would differ
+    expected = route.gates.unsqueeze(-1) * expert_reference(ffn, x, route.experts, F.gelu)
+    torch.testing.assert_close(y[keep], expected[keep], rtol=1e-5, atol=1e-6)
+    assert torch.all(y[~keep] == 0)
+    # no balancing loss: the router learns only through the gate
+    assert route.aux_loss.item() == 0
+    ffn.zero_grad()
+    y.pow(2).sum().backward()
+    grad = router.router_weight.grad
+    assert grad is not None and grad.abs().sum() > 0
+
+
+def test_base_output_is_the_sigmoid_affinity_times_the_routed_expert():
+    """BaseRouter's docstring: the layer computes σ(h·c_e)·expert_e(h) (plus the residual)."""
+    torch.manual_seed(12)
+    router = BaseRouter(D, K)
+    ffn = SparseFFN({}, 'dec0', router, K, D, 16, activation='relu')
+    tokens, x = capacity_batch(12)
+    real = tokens != 0
+    for train in (True, False):
+        ffn.train(train)
+        ffn.routing = ctx_for(tokens)
+        y = ffn(x)
+        route = ffn.last_route
+        assert route.keep is None
+        affinity = (x @ router.centroids.t()).gather(-1, route.experts.unsqueeze(-1)).squeeze(-1)
+        torch.testing.assert_close(route.gates, torch.sigmoid(affinity))
+        expected = torch.sigmoid(affinity).unsqueeze(-1) * expert_reference(ffn, x, route.experts, F.relu)
+        torch.testing.assert_close(y[real], expected[real], rtol=1e-5, atol=1e-6)
+        assert torch.all(y[~real] == 0)
+        # BASE has no auxiliary loss: its centroids learn only through the gate
+        assert route.aux_loss is None
+        ffn.zero_grad()
+        y.pow(2).sum().backward()
+        grad = router.centroids.grad
+        assert grad is not None and grad.abs().sum() > 0
+
+
+def test_switch_agent_router_learns_from_the_task_loss_alone(agent_for):
+    agent = agent_for('switch_generator', load_balance_weight=0)
+    batch = batch_of(agent, [('1 2 3', '4 5 6'), ('7 8', '9 1 2 3')])
+    agent.model.train()
+    agent.model.zero_grad()
+    agent.compute_loss(batch).backward()
+    for name, ffn in agent.model.sparse_ffns().items():
+        grad = ffn.router.router_weight.grad
+        assert grad is not None and grad.abs().sum() > 0, name
+
+
+def expected_keep(experts, real, num_experts, factor):
+    """The documented rule, computed by hand: capacity = ceil(factor * T / K) over the
+    batch's T real tokens; each expert keeps its first ``capacity`` real tokens in
+    token order (row-major over ``[B, T]``); padding is never kept."""
+    capacity = max(1, math.ceil(factor * int(real.sum()) / num_experts))
+    taken = [0] * num_experts
+    keep = []
+    for e, r in zip(experts.reshape(-1).tolist(), real.reshape(-1).tolist()):
+        ok = bool(r) and taken[e] < capacity
+        taken[e] += ok
+        keep.append(ok)
+    return torch.tensor(keep).reshape(experts.shape), capacity, taken
+
+
+def capacity_batch(seed):
+    """Two rows, the first with 2 padding tokens: T = 14 real tokens of 16. With
+    factor 0.6 and K = 3 the capacity is ceil(8.4 / 3) = 3 (it would be 4 if the
+    padding were counted)."""
+    g = torch.Generator().manual_seed(seed)
+    tokens = torch.randint(1, V, (2, 8), generator=g)
+    tokens[0, 6:] = 0
+    return tokens, torch.randn(2, 8, D, generator=g)
+
+
+def assert_capacity_exact(route, router, tokens, hidden, factor):
+    real = tokens != 0
+    # the routing itself, independently: argmax of the router logits
+    assert torch.equal(route.experts, (hidden @ router.router_weight.t()).argmax(-1))
+    keep, capacity, taken = expected_keep(route.experts, real, K, factor)
+    assert capacity == 3
+    # the batch must exercise the rule: some expert over capacity, one filled to it
+    assert (real & ~keep).any() and capacity in taken
+    assert route.keep.tolist() == keep.tolist()
+    dropped = int((real & ~keep).sum()) / int(real.sum())
+    assert route.stats['dropped'] == pytest.approx(dropped, abs=1e-12)
+
+
 def test_switch_capacity_drops_are_counted_and_skip_the_ffn():
     torch.manual_seed(1)
-    router = switch(capacity_factor=0.5)
+    router = switch(capacity_factor=0.6)
     router.train()
     ffn = SparseFFN({}, 'dec0', router, K, D, 16)
     ffn.train()
-    tokens = torch.randint(1, V, (1, 12))
+    tokens, x = capacity_batch(1)
     ffn.routing = ctx_for(tokens)
-    x = torch.randn(1, 12, D)
     y = ffn(x)
+    assert_capacity_exact(ffn.last_route, router, tokens, x, 0.6)
     keep = ffn.last_route.keep
-    capacity = 2  # ceil(0.5 * 12 / 3)
-    assert int(keep.sum()) <= capacity * K
-    for e in range(K):
-        assert int(keep[ffn.last_route.experts == e].sum()) <= capacity
-    assert ffn.last_route.stats['dropped'] == pytest.approx(float((~keep).sum()) / 12)
-    assert torch.all(y[~keep] == 0)  # dropped tokens: only the residual carries them
+    assert torch.all(y[~keep] == 0)  # dropped tokens and padding: only the residual carries them
+    assert torch.all(y[keep].abs().sum(-1) > 0)
     router.eval()
     assert ffn.router(ctx_for(tokens), x).keep is None  # evaluation is dropless
 
@@ -241,13 +351,44 @@ def test_router_jitter_only_in_training():
 
 def test_eval_capacity_factor_drops_in_evaluation_when_asked():
     torch.manual_seed(7)
-    router = switch(eval_capacity_factor=0.5)
+    router = switch(capacity_factor=5.0, eval_capacity_factor=0.6)
     router.eval()
-    route = router(ctx_for(torch.randint(1, V, (1, 12))), torch.randn(1, 12, D))
-    assert route.keep is not None and int(route.keep.sum()) <= 2 * K
-    assert 'dropped' in route.stats
+    tokens, hidden = capacity_batch(7)
+    route = router(ctx_for(tokens), hidden)
+    assert route.keep is not None
+    assert_capacity_exact(route, router, tokens, hidden, 0.6)
 
 
 def test_bad_auction_eps_names_the_option(agent_for):
     with pytest.raises(OptionError, match='^--base-auction-eps'):
         agent_for('base_generator', base_auction_eps=0)
+
+
+@pytest.mark.parametrize('model', ['switch_generator', 'base_generator'])
+def test_reported_load_sums_the_counts_of_every_batch(agent_for, model):
+    """The logged load describes the whole report window: counts summed over batches."""
+    agent = agent_for(model)
+    batches = [[('1 2 3', '4 5 6'), ('7 8', '9 1 2 3')],
+               [('3 3 3 3 3', '2'), ('9', '8 7 6 5 4 3 2 1')]]
+    # Observed before training: agent.reset() (between observations) clears the metrics.
+    observed = []
+    for pairs in batches:
+        observed.append([])
+        for text, label in pairs:
+            observed[-1].append(agent.observe({'text': text, 'labels': [label], 'episode_done': True}))
+            agent.reset()
+    total, per_batch = {}, []
+    for obs in observed:
+        agent.batch_act(obs)  # one training step, as the training loop runs it
+        counts = {n: f.last_load.clone() for n, f in agent.model.sparse_ffns().items()}
+        per_batch.append(counts)
+        for n, c in counts.items():
+            total[n] = total.get(n, 0) + c
+    report = agent.report()
+    for name, counts in total.items():
+        want = expert_load(counts.tolist())
+        assert float(report[f'{name}_load_max']) == pytest.approx(want['max'])
+        assert float(report[f'{name}_load_ent']) == pytest.approx(want['entropy'])
+    # the check means something: the second batch changed the summary of some layer
+    first = {n: expert_load(c.tolist()) for n, c in per_batch[0].items()}
+    assert any(first[n] != expert_load(total[n].tolist()) for n in total)

@@ -1,5 +1,7 @@
 """The benchmarks run (tiny sizes, one rep): a check that they work, not a timing."""
 
+import re
+
 from benchmarks import dispatch
 
 
@@ -23,10 +25,18 @@ def test_model_benchmark_runs_every_model(capsys):
     assert 'tokens computed by experts' in out
     rows = {line.split('|')[1].strip(): line.split('|')[2:-1] for line in out.splitlines()
             if line.startswith('| ') and not line.startswith('| model')}
-    # Hash and BASE compute every real token; dense has no experts.
-    assert rows['hash'][5].strip() == '100%' and rows['base'][5].strip() == '100%'
-    assert rows['dense'][5].strip() == '-'
-    assert float(rows['hash'][6]) >= 1.0
+    # Hash, BASE and dropless Switch compute every real token; dense has no experts.
+    for name in ('hash', 'base', 'switch-dropless'):
+        assert rows[name][5].strip() == '100%', (name, rows[name])
+    assert rows['dense'][5].strip() == rows['dense'][6].strip() == '-'
+    # Parameters, by construction: one sparse layer of K=4 experts (d=16, D=32) in place of
+    # one dense FFN adds K-1 FFNs; Switch adds its [K, d] router to that, dropless or not.
+    params = {name: int(r[0].strip().replace(',', '')) for name, r in rows.items()}
+    assert params['hash'] - params['dense'] == (4 - 1) * (16 * 32 + 32 + 32 * 16 + 16)
+    assert params['switch'] - params['hash'] == params['switch-dropless'] - params['hash'] == 4 * 16
+    # Load max/mean of K experts lies in [1, K].
+    for name in ('hash', 'switch', 'switch-dropless', 'base'):
+        assert 1.0 <= float(rows[name][6]) <= 4.0, (name, rows[name])
 
 
 def test_model_benchmark_verdict_uses_paired_ratios():
@@ -56,8 +66,13 @@ def test_expert_parallel_benchmark_runs(capsys):
     expert_parallel.main(['--reps', '1', '--layers', '2', '--experts', '2', '--dim', '8',
                           '--ffn', '16', '--tokens', '16', '--vocab', '20'])
     out = capsys.readouterr().out
+    # Checked against the single-process layers before timing (it raises otherwise).
+    assert re.search(r'^check ok: every routing.s expert-parallel step matches the single-process '
+                     r'layers .*worst rel err \S+ < ', out, re.M), out
     for kind in ('hash-shared', 'hash-per-layer', 'switch'):
-        assert f'| {kind} |' in out
+        row = re.search(rf'^\| {kind} \| ([^|]+) \| ([^|]+)x \|$', out, re.M)
+        assert row, (kind, out)
+        assert float(row.group(1)) > 0 and float(row.group(2)) > 0, row.group(0)
 
 
 def test_gpu_benchmark_smoke_runs_on_cpu(capsys):
@@ -65,9 +80,12 @@ def test_gpu_benchmark_smoke_runs_on_cpu(capsys):
     gpu.main(['--device', 'cpu', '--quick'])
     out = capsys.readouterr().out
     assert out.startswith('Device: CPU; dtype bfloat16')
-    import re
     # A data row: K, T, dense ms, then grouped_mm and loop each with its ratio to dense.
     assert re.search(r'^\| 8 \| 512 \| [\d.]+ \| [\d.]+ \([\d.]+x\) \| [\d.]+ \([\d.]+x\) \|', out, re.M)
+    # The timed sparse steps were checked (output and input gradient) before timing.
+    assert re.search(r'^check ok: grouped_mm and loop match a float32 copy of the layer and each '
+                     r'other, output and input gradient \(worst relative norm error \S+ < 0\.05 '
+                     r'for bfloat16\)', out, re.M), out
     assert 'Whole model' in out and 'x dense)' in out
 
 

@@ -6,6 +6,7 @@ of the validation split, as the decoder sees them under teacher forcing
 routing table saved in the checkpoint.
 """
 
+import math
 import subprocess
 
 import pandas as pd
@@ -127,3 +128,25 @@ def test_a_dense_model_or_no_model_is_a_one_line_error(tmp_path):
     opt = setup_args().parse_args(['-mf', mf, *TASK_ARGS, '--datapath', str(tmp_path)])
     with pytest.raises(OptionError, match='has no sparse layer .*pass a hash_generator, switch_generator'):
         measure_expert_load(opt)
+
+
+def test_load_metric_sums_counts_over_batches():
+    from parlai.core.metrics import Metrics
+
+    from parlai_hash.metrics import ExpertLoadMetric, load_metrics
+
+    a, b = ExpertLoadMetric([3, 1], 'max'), ExpertLoadMetric([1, 3], 'max')
+    assert a.value() == pytest.approx(1.5) and b.value() == pytest.approx(1.5)
+    assert (a + b).value() == pytest.approx(1.0)  # [4, 4]: balanced
+    ent = ExpertLoadMetric([3, 1], 'entropy') + ExpertLoadMetric([1, 3], 'entropy')
+    assert ent.value() == pytest.approx(1.0)
+    # three batches, the way ParlAI accumulates them between reports
+    metrics = Metrics()
+    for counts in ([6, 0, 0, 2], [0, 2, 0, 2], [0, 0, 4, 0]):
+        for key, metric in load_metrics('dec0', torch.tensor(counts)).items():
+            metrics.add(key, metric)
+    report = metrics.report()
+    assert float(report['dec0_load_max']) == pytest.approx(6 / 16 * 4)
+    shares = [6 / 16, 2 / 16, 4 / 16, 4 / 16]
+    assert float(report['dec0_load_ent']) == pytest.approx(
+        -sum(s * math.log(s) for s in shares) / math.log(4))

@@ -132,8 +132,9 @@ def test_display_data_on_real_wikitext_103_and_one_line_error_for_a_missing_spli
     assert len(errors) == 1 and '--wikitext-carve-from valid' in errors[0]
 
 
-def test_download_is_checked_extracted_and_published_in_place(tmp_path, monkeypatch):
-    import hashlib
+def serve_archive(tmp_path: Path, monkeypatch) -> Path:
+    """ParlAI's download, faked: it serves a well-formed archive with the official
+    layout (the fixture as every split), but not the official bytes."""
     import zipfile
 
     from parlai.core import build_data
@@ -149,6 +150,15 @@ def test_download_is_checked_extracted_and_published_in_place(tmp_path, monkeypa
         shutil.copy(served, Path(path) / fname)
 
     monkeypatch.setattr(build_data, 'download', fake_download)
+    return served
+
+
+def test_download_is_checked_extracted_and_published_in_place(tmp_path, monkeypatch):
+    import hashlib
+
+    from parlai_hash.tasks.wikitext103 import build
+
+    served = serve_archive(tmp_path, monkeypatch)
     monkeypatch.setattr(build.ARCHIVE, 'hashcode', hashlib.sha256(served.read_bytes()).hexdigest())
     datapath = tmp_path / 'data'
     assert len(messages('-dt', 'test', datapath=datapath)) == 12
@@ -156,3 +166,17 @@ def test_download_is_checked_extracted_and_published_in_place(tmp_path, monkeypa
     assert sorted(p.name for p in root.iterdir()) == ['wikitext-103']  # archive and staging gone
     assert sorted(p.name for p in (root / 'wikitext-103').iterdir()) == [
         'wiki.test.tokens', 'wiki.train.tokens', 'wiki.valid.tokens']
+
+
+def test_a_download_with_the_wrong_checksum_is_refused_and_nothing_is_published(tmp_path, monkeypatch):
+    from parlai_hash.tasks.wikitext103 import build
+
+    serve_archive(tmp_path, monkeypatch)  # the official checksum stays expected
+    datapath = tmp_path / 'data'
+    with pytest.raises(OptionError) as err:
+        teacher('-dt', 'test', datapath=datapath)
+    message = str(err.value)
+    assert f'{build.ARCHIVE.url} did not send the official archive (sha256 differs' in message
+    assert '\n' not in message and '--wikitext-dir' in message
+    root = datapath / 'wikitext103'
+    assert [p.relative_to(root) for p in root.rglob('*')] == []  # no archive, staging or tokens file
