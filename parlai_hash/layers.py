@@ -129,9 +129,24 @@ class SparseFFN(nn.Module):
         """Real tokens per expert in the last forward (CPU, ``[K]``); MultiHash
         counts every hash's choice. None before the first forward."""
         if self._last_load is None and self._load_of is not None:
-            experts, real = self._load_of
-            self._last_load = torch.bincount(experts[real].reshape(-1), minlength=self.num_experts).cpu()
+            self._last_load = self.load_on_device().cpu()
         return self._last_load
+
+    def load_on_device(self) -> Optional[torch.Tensor]:
+        """``last_load`` still on the layer's device, without a host sync (no
+        boolean indexing), so a caller can fetch every layer's in one copy."""
+        if self._load_of is None:
+            return None
+        experts, real = self._load_of
+        if experts.dim() > real.dim():  # MultiHash: [B, T, H]
+            real = real.unsqueeze(-1).expand_as(experts)
+        counts = torch.bincount(experts.reshape(-1), weights=real.reshape(-1).to(torch.float64),
+                                minlength=self.num_experts)
+        return counts.round().to(torch.long)
+
+    def set_last_load(self, load: torch.Tensor) -> None:
+        """Cache a load fetched by the caller (see ``load_on_device``)."""
+        self._last_load = load
 
     def _all_experts(self) -> Experts:
         """All K experts on this rank: the layer's own, or (expert-parallel) the gathered copy."""

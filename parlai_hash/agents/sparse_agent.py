@@ -267,10 +267,17 @@ class SparseGeneratorAgent(TransformerGeneratorAgent):
         out = super().compute_loss(batch, return_output=return_output)
         loss, output = out if return_output else (out, None)
         aux_total = None
-        for name, ffn in self._sparse_ffns().items():
-            if ffn.last_load is not None:
-                for key, metric in load_metrics(name, ffn.last_load).items():
+        layers = self._sparse_ffns()
+        # Every layer's load in one device-to-host copy (one sync, not two per layer).
+        on_device = {name: ffn.load_on_device() for name, ffn in layers.items()}
+        on_device = {name: load for name, load in on_device.items() if load is not None}
+        if on_device:
+            fetched = torch.stack(list(on_device.values())).cpu()
+            for (name, _), load in zip(on_device.items(), fetched):
+                layers[name].set_last_load(load)
+                for key, metric in load_metrics(name, load).items():
                     self.global_metrics.add(key, metric)
+        for name, ffn in layers.items():
             route = ffn.last_route
             if route is None:
                 continue
