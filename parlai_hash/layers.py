@@ -28,7 +28,7 @@ from parlai_hash.expert_parallel import (
     expert_parallel_forward,
     multihash_expert_parallel_forward,
 )
-from parlai_hash.errors import OptionError
+from parlai_hash.options import check_multihash
 from parlai_hash.routing import Route, RoutingContext
 
 #: Builds a router for the sparse layer named e.g. ``dec7``.
@@ -59,13 +59,7 @@ class SparseFFN(nn.Module):
         if num_hashes == 1:
             self.experts = ExpertFFN(num_experts, dim, dim_hidden, relu_dropout, activation)
         else:
-            for size, what in ((dim, '--embedding-size'), (dim_hidden, '--ffn-size')):
-                if size % num_hashes:
-                    raise OptionError(
-                        '--multihash',
-                        f"{num_hashes} hashes do not divide {what} {size}",
-                        f"pick a number of hashes that divides both {what} and the other size",
-                    )
+            check_multihash(num_hashes, dim, dim_hidden)
             self.experts = MultiHashExpertFFN(
                 num_hashes, num_experts, dim, dim_hidden, relu_dropout, activation
             )

@@ -5,6 +5,7 @@ Shared by every sparse agent (hash, and the learned-routing baselines).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Mapping, Tuple
 
@@ -36,11 +37,58 @@ def parse_layer_list(option: str, value: Any, n_layers: int) -> Tuple[int, ...]:
         raise OptionError(
             option,
             f"layer {bad[0]} does not exist (the model has {n_layers} layers, 0..{n_layers - 1})",
-            f"use indices below {n_layers} or add layers",
+            f"use indices from 0 to {n_layers - 1} or add layers",
         )
     if len(set(items)) != len(items):
         raise OptionError(option, "a layer is listed twice", "list each layer once")
     return tuple(sorted(items))
+
+
+def check_multihash(num_hashes: int, embedding_size: int, ffn_size: int) -> None:
+    """MultiHash splits each token's vector into ``num_hashes`` equal slices, on
+    both sides of the expert FFN, so it must divide both sizes."""
+    if num_hashes <= 1:
+        return
+    sizes = (('--embedding-size', embedding_size), ('--ffn-size', ffn_size))
+    for what, size in sizes:
+        if size % num_hashes:
+            both = ' and '.join(f'{flag} {value}' for flag, value in sizes)
+            both_divisible = math.gcd(embedding_size, ffn_size)
+            common = [d for d in range(2, both_divisible + 1) if both_divisible % d == 0]
+            if common:
+                fix = (f"pick a number of hashes that divides both {both}, "
+                       f"such as {', '.join(map(str, common[:4]))}")
+            else:
+                fix = f"no number of hashes above 1 divides both {both}: use --multihash 1"
+            raise OptionError('--multihash', f"{num_hashes} hashes do not divide {what} {size}", fix)
+
+
+_warned_expert_parallel = False
+
+
+def warn_if_expert_parallel_unused(opt: Mapping[str, Any]) -> None:
+    """``--expert-parallel`` shards experts over workers; one process has none.
+
+    Only when this command asked for it: a model trained expert-parallel keeps
+    ``expert_parallel: true`` in its saved opt, and evaluating it in one process
+    is normal. Once per process (train_model builds the agent again for its final
+    evaluation).
+    """
+    global _warned_expert_parallel
+    override = opt.get('override')
+    asked = override.get('expert_parallel') if override is not None else opt.get('expert_parallel')
+    if not asked or _warned_expert_parallel:
+        return
+    from parlai.utils import logging
+    from parlai.utils.distributed import is_distributed
+
+    if not is_distributed():
+        _warned_expert_parallel = True
+        logging.warning(
+            '--expert-parallel true has no effect in a single process: it shards the experts '
+            'over the workers of multiprocessing_train/distributed_train; here every expert '
+            'stays in this process'
+        )
 
 
 def n_decoder_layers(opt: Mapping[str, Any]) -> int:
@@ -91,5 +139,10 @@ class SparsePlacement:
                 "no sparse layer is left",
                 "name at least one decoder layer, or use -m transformer/generator for a dense model",
             )
+        # Before any router is built (hash tables may count the training data).
+        num_hashes = opt.get('multihash') or 1
+        if num_hashes > 1:
+            check_multihash(num_hashes, opt['embedding_size'], opt['ffn_size'])
+        warn_if_expert_parallel_unused(opt)
         return cls(num_experts, decoder_layers, encoder_layers)
 

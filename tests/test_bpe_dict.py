@@ -130,3 +130,29 @@ def test_bad_option_through_the_command_is_one_line(tmp_path, cli_env):
     assert proc.returncode != 0 and 'Traceback' not in proc.stderr
     assert len(errors) == 1 and '--bpe-vocab-size: got 100' in errors[0]
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize('out, problem', [
+    ('a_file', 'a_file is a file, not a folder'),
+    ('a_file/sub', 'a_file is a file, so the folder'),
+])
+def test_out_that_is_a_file_is_refused_before_training(tmp_path, cli_env, out, problem):
+    (tmp_path / 'a_file').write_text('keep me')
+    # A task that cannot load: the --out error must come first, before any training.
+    broken_task = ['-t', 'wikitext103', '--wikitext-dir', str(tmp_path / 'no_such_dir')]
+    for task in (WIKITEXT, broken_task):
+        proc = subprocess.run([PARLAI, 'build_bpe_dict', *task, '--out', out], cwd=tmp_path,
+                              capture_output=True, text=True, env=cli_env, timeout=300)
+        errors = [l for l in proc.stderr.splitlines() if l.startswith('parlai-hash: error:')]
+        assert proc.returncode != 0 and 'Traceback' not in proc.stderr, proc.stderr[-2000:]
+        assert len(errors) == 1 and errors[0].startswith(f'parlai-hash: error: --out: {problem}')
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['a_file']
+    assert (tmp_path / 'a_file').read_text() == 'keep me'
+
+
+def test_an_existing_folder_is_a_fine_out(tmp_path):
+    from parlai_hash.scripts.build_bpe_dict import check_out_folder
+
+    check_out_folder(str(tmp_path))  # its vocab.json/merges.txt are replaced atomically
+    check_out_folder(str(tmp_path / 'new' / 'deeper'))
+    check_out_folder(None)  # build_bpe_dict reports the missing --out itself

@@ -51,6 +51,12 @@ def test_display_data_works_in_the_same_environment():
     (['--num-experts', '0'], '--num-experts'),
     (['--hash-layers', '3'], '--hash-layers'),
     (['--hash-encoder-layers', '7'], '--hash-encoder-layers'),
+    (['--hash-layers', '-1'], '--hash-layers: layer -1 does not exist (the model has 3 layers, '
+                              '0..2); use indices from 0 to 2'),
+    (['--multihash', '3'], '--multihash: 3 hashes do not divide --embedding-size 16; pick a '
+                           'number of hashes that divides both --embedding-size 16 and --ffn-size 32'),
+    (['-m', 'switch_generator', '--router-jitter', '1.5'], '--router-jitter: got 1.5'),
+    (['-m', 'switch_generator', '--router-jitter', '1'], '--router-jitter: got 1.0'),
 ])
 def test_bad_options_give_one_line_naming_the_option(tmp_path, args, option):
     proc = parlai('train_model', '-m', 'hash_generator', '-t', 'integration_tests:nocandidate',
@@ -59,6 +65,31 @@ def test_bad_options_give_one_line_naming_the_option(tmp_path, args, option):
     assert 'Traceback' not in proc.stderr
     error_lines = [line for line in proc.stderr.splitlines() if line.startswith('parlai-hash: error:')]
     assert len(error_lines) == 1 and option in error_lines[0]
+    assert not (tmp_path / 'm').exists()
+
+
+def test_multihash_is_refused_before_the_hash_tables_are_built(tmp_path):
+    proc = parlai('train_model', '-m', 'hash_generator', '-t', 'integration_tests:nocandidate',
+                  '-mf', str(tmp_path / 'm'), *TINY_MODEL_ARGS, '--multihash', '3', check=False)
+    assert proc.returncode != 0 and 'balanced hash into' not in proc.stdout + proc.stderr
+
+
+def test_switch_trains_with_router_jitter_below_one(tmp_path):
+    parlai('train_model', '-m', 'switch_generator', '-t', 'integration_tests:nocandidate',
+           '-mf', str(tmp_path / 'm'), *TINY_MODEL_ARGS, '--router-jitter', '0.9',
+           '-bs', '4', '--max-train-steps', '2', '--skip-generation', 'true')
+    assert (tmp_path / 'm').exists()
+
+
+def test_expert_parallel_in_one_process_warns_once(tmp_path):
+    out = parlai('train_model', '-m', 'hash_generator', '-t', 'integration_tests:nocandidate',
+                 '-mf', str(tmp_path / 'm'), *TINY_MODEL_ARGS, '--expert-parallel', 'true',
+                 '-bs', '4', '--max-train-steps', '2', '--skip-generation', 'true')
+    log = out.stdout + out.stderr
+    assert log.count('WARNING  | --expert-parallel true has no effect in a single process') == 1
+    evaluation = parlai('eval_model', '-mf', str(tmp_path / 'm'), '-t', 'integration_tests:nocandidate',
+                        '--num-examples', '4', '--skip-generation', 'true')
+    assert '--expert-parallel true has no effect' not in evaluation.stdout + evaluation.stderr
 
 
 def test_unknown_hash_type_is_an_argument_error(tmp_path):

@@ -9,10 +9,14 @@ The work is in ``parlai_hash.dictionaries``.
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+from typing import Optional
+
 from parlai.core.params import ParlaiParser
 from parlai.core.script import ParlaiScript, register_script
 
-from parlai_hash.errors import install_excepthook
+from parlai_hash.errors import OptionError, install_excepthook
 
 install_excepthook()
 
@@ -30,6 +34,27 @@ def setup_args() -> ParlaiParser:
     return parser
 
 
+def check_out_folder(out: Optional[str]) -> None:
+    """Refuse an ``--out`` that cannot become a folder, before the (long) training.
+
+    An existing folder is fine: ``vocab.json`` and ``merges.txt`` in it are
+    replaced, each atomically (``parlai_hash.dictionaries.save_bpe``).
+    """
+    if not out:
+        return  # build_bpe_dict says --out is missing
+    path = Path(out).expanduser()
+    fix = 'pass a folder (new or existing) to write vocab.json and merges.txt into'
+    if path.exists() and not path.is_dir():
+        raise OptionError('--out', f'{out} is a file, not a folder', fix)
+    existing = path
+    while not existing.exists():  # the nearest part of the path that exists
+        existing = existing.parent
+    if not existing.is_dir():
+        raise OptionError('--out', f'{existing} is a file, so the folder {out} cannot be made', fix)
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise OptionError('--out', f'cannot write into {existing} (permission denied)', fix)
+
+
 @register_script('build_bpe_dict', hidden=False)
 class BuildBpeDict(ParlaiScript):
     """Train a byte-level BPE on one pass over a task's split (default: train)."""
@@ -41,6 +66,7 @@ class BuildBpeDict(ParlaiScript):
     def run(self):
         from parlai_hash.dictionaries import build_bpe_dict
 
+        check_out_folder(self.opt.get('out'))
         return build_bpe_dict(self.opt)
 
 

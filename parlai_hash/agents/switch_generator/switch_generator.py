@@ -40,7 +40,7 @@ class SwitchGeneratorAgent(SparseGeneratorAgent):
         )
         group.add_argument(
             '--router-jitter', type=float, default=0.0,
-            help='Training: multiply the router input by U(1-eps, 1+eps) noise.',
+            help='Training: multiply the router input by U(1-eps, 1+eps) noise; eps in [0, 1).',
         )
         group.add_argument(
             '--router-z-loss-weight', type=float, default=0.0,
@@ -60,6 +60,12 @@ class SwitchGeneratorAgent(SparseGeneratorAgent):
             if opt[option] < 0:
                 flag = '--' + option.replace('_', '-')
                 raise OptionError(flag, f"got {opt[option]}, must not be negative", f"pass {flag} 0 or more")
+        if opt['router_jitter'] >= 1:
+            raise OptionError(
+                '--router-jitter',
+                f"got {opt['router_jitter']}, but the noise U(1-eps, 1+eps) must stay positive",
+                "pass an eps from 0 (no jitter) up to, not including, 1, such as Switch's 0.01",
+            )
         return SwitchRouter(
             dim=opt['embedding_size'],
             num_experts=opt['num_experts'],
