@@ -11,6 +11,9 @@
   saving is local, but an agent whose ``saves_collectively`` is true (expert
   parallelism gathers its experts when saving) would hang there: for it, every
   worker takes the primary's clock.
+* ``TrainLoop.__init__`` creates the agent: while it runs,
+  ``building_train_loop()`` is true, so expert parallelism shards experts only
+  for training, not for ``multiprocessing_eval``.
 """
 
 from __future__ import annotations
@@ -18,6 +21,14 @@ from __future__ import annotations
 from types import ModuleType
 
 _MARK = '_parlai_hash_eval_hook'
+_building_train_loop = False
+
+
+def building_train_loop() -> bool:
+    """True while a ``TrainLoop`` is being built (it creates the agent): how an agent
+    tells training from evaluation. Its options cannot: an agent loaded from a
+    model file for ``multiprocessing_eval`` keeps the file's ``datatype: train``."""
+    return _building_train_loop
 
 
 def extend_train_loop(name: str, module: ModuleType) -> None:
@@ -53,3 +64,16 @@ def extend_train_loop(name: str, module: ModuleType) -> None:
 
     _get_time.__doc__ = original_time.__doc__
     loop._get_time = _get_time
+
+    original_init = loop.__init__
+
+    def __init__(self, *args, **kwargs):
+        global _building_train_loop
+        outer, _building_train_loop = _building_train_loop, True
+        try:
+            original_init(self, *args, **kwargs)
+        finally:
+            _building_train_loop = outer
+
+    __init__.__doc__ = original_init.__doc__
+    loop.__init__ = __init__

@@ -47,6 +47,11 @@ def test_expert_parallel_training_equals_data_parallel_and_checkpoints_are_whole
     # the expert-parallel checkpoint evaluates on one process...
     ev = parlai('eval_model', '-mf', runs['true'], *TASK, '--num-examples', '8', cwd=tmp_path)
     assert 'dec0_load_max' in ev.stdout
+    # ...and on 2 evaluation workers, which keep every expert (its saved options say
+    # datatype train and expert_parallel true: evaluation must not shard)
+    ev = parlai('multiprocessing_eval', '--distributed-world-size', '2', '-mf', runs['true'], *TASK,
+                '--num-examples', '8', cwd=tmp_path)
+    assert 'dec0_load_max' in ev.stdout and '--expert-parallel:' not in ev.stdout + ev.stderr
     # ...and resumes, its optimizer state cut to each worker's experts: 2 more
     # steps expert-parallel equal 2 more steps data-parallel from the same file
     resumed = {}

@@ -249,11 +249,14 @@ def shard_optimizer_state(model: nn.Module, optimizer, rank: int, world: int) ->
 
 
 def world_for(opt) -> Optional[int]:
-    """W when this process trains expert-parallel, else None."""
+    """W when this process trains expert-parallel, else None: evaluation-only runs
+    (``multiprocessing_eval``) keep every expert on every rank."""
     from parlai.utils.distributed import is_distributed
 
-    if not opt.get('expert_parallel') or not is_distributed():
+    from parlai_hash.train_hooks import building_train_loop
+
+    if not opt.get('expert_parallel') or not is_distributed() or not building_train_loop():
         return None
     if not str(opt.get('datatype', 'train')).startswith('train'):
-        return None  # evaluation-only runs keep every expert on every rank
+        return None
     return dist.get_world_size()
