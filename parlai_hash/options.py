@@ -47,8 +47,6 @@ def parse_layer_list(option: str, value: Any, n_layers: int) -> Tuple[int, ...]:
 def check_multihash(num_hashes: int, embedding_size: int, ffn_size: int) -> None:
     """MultiHash splits each token's vector into ``num_hashes`` equal slices, on
     both sides of the expert FFN, so it must divide both sizes."""
-    if num_hashes <= 1:
-        return
     sizes = (('--embedding-size', embedding_size), ('--ffn-size', ffn_size))
     for what, size in sizes:
         if size % num_hashes:

@@ -257,6 +257,4 @@ def world_for(opt) -> Optional[int]:
 
     if not opt.get('expert_parallel') or not is_distributed() or not building_train_loop():
         return None
-    if not str(opt.get('datatype', 'train')).startswith('train'):
-        return None
     return dist.get_world_size()

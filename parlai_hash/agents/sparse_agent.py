@@ -269,8 +269,7 @@ class SparseGeneratorAgent(TransformerGeneratorAgent):
         aux_total = None
         layers = self._sparse_ffns()
         # Every layer's load in one device-to-host copy (one sync, not two per layer).
-        on_device = {name: ffn.load_on_device() for name, ffn in layers.items()}
-        on_device = {name: load for name, load in on_device.items() if load is not None}
+        on_device = {name: load for name, ffn in layers.items() if (load := ffn.load_on_device()) is not None}
         if on_device:
             fetched = torch.stack(list(on_device.values())).cpu()
             for (name, _), load in zip(on_device.items(), fetched):

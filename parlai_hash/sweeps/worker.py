@@ -51,13 +51,12 @@ def count_parameters(model: Any, opt: Dict[str, Any]) -> Dict[str, int]:
     idle = 0.0
     for module in model.modules():
         if isinstance(module, SparseFFN):
+            stacked = next(module.experts.parameters())  # [experts held, ...]: K/W under expert parallelism
             held = sum(p.numel() for p in module.experts.parameters())
-            # expert weights are stacked [experts held, ...]; a shard holds K/W of them
-            whole = module.num_experts // next(module.experts.parameters()).shape[0]
-            in_experts = held * whole
+            in_experts = held * (module.num_experts // stacked.shape[0])
             experts += in_experts
             learned += in_experts - held
-            if next(module.experts.parameters()).requires_grad:
+            if stacked.requires_grad:
                 trainable += in_experts - held
             idle += in_experts * (module.num_experts - 1) / module.num_experts
     return {'params': learned, 'params_trainable': trainable, 'expert_params': experts,

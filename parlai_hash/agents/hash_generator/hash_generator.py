@@ -19,6 +19,11 @@ from parlai_hash.routing import HASH_TYPES, HashRouter, TableInputs, hash_functi
 from parlai_hash.token_counts import count_training_tokens, counts_are_informative
 
 
+def _tokens_of(dictionary) -> List[str]:
+    """A ParlAI dictionary's tokens in id order."""
+    return [dictionary.ind2tok[i] for i in range(len(dictionary))]
+
+
 def _saved_tokens(dict_file: str) -> Optional[List[str]]:
     """The tokens of a dictionary saved by ParlAI, in id order (its file lists them
     so), or None if there is no such file."""
@@ -201,8 +206,7 @@ class HashGeneratorAgent(SparseGeneratorAgent):
         overrides = {'datapath': self.opt.get('datapath'), 'datatype': 'valid',
                      'gpu': self.opt.get('gpu', -1), 'no_cuda': self.opt.get('no_cuda', False)}
         baseline = create_agent_from_model_file(path, overrides)
-        self._check_vocab('--hash-predictor-model-file', len(baseline.dict),
-                          [baseline.dict.ind2tok[i] for i in range(len(baseline.dict))])
+        self._check_vocab('--hash-predictor-model-file', len(baseline.dict), _tokens_of(baseline.dict))
         return getattr(baseline.model, 'module', baseline.model)
 
     def _existing_file(self, option: str, path: Optional[str]) -> str:
@@ -227,7 +231,7 @@ class HashGeneratorAgent(SparseGeneratorAgent):
             )
         if tokens is None or len(tokens) != size:
             return  # its token list is unknown, or not read as ParlAI reads it: size only
-        ours = [self.dict.ind2tok[i] for i in range(len(self.dict))]
+        ours = _tokens_of(self.dict)
         differ = next((i for i, (a, b) in enumerate(zip(tokens, ours)) if a != b), None)
         if differ is not None:
             raise OptionError(
