@@ -24,12 +24,13 @@ import os
 import statistics
 import tempfile
 import time
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, Optional, Sequence
 
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from benchmarks.dispatch import rel_err
 from parlai_hash.dispatch import DispatchPlan, ExpertFFN
 from parlai_hash.expert_parallel import (
     ExpertParallelPlan,
@@ -75,11 +76,6 @@ def reference(kind: str, full: Sequence[ExpertFFN], routers, x: torch.Tensor, to
     h.sum().backward()
     return h.detach()
 
-
-def rel_err(got: Optional[torch.Tensor], ref: torch.Tensor) -> float:
-    if got is None:  # no output, or no gradient reached it
-        return float('inf')
-    return ((got - ref).norm() / ref.norm().clamp_min(1e-30)).item()
 
 
 def grad_or_zero(p: torch.Tensor) -> torch.Tensor:

@@ -33,7 +33,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 import torch
 import torch.nn as nn
 
-from benchmarks.dispatch import zipf_probs
+from benchmarks.dispatch import rel_err, zipf_probs
 from parlai_hash.dispatch import DispatchPlan, ExpertFFN
 from parlai_hash.grouped_gemm import grouped_mm_available, has_fast_grouped_mm
 from parlai_hash.routing.hash_functions import HASH_TYPES, TableInputs
@@ -43,13 +43,6 @@ from parlai_hash.routing.hash_functions import HASH_TYPES, TableInputs
 #: weights and the hidden layer (and ReLU signs flipped by it) gives about 1e-2.
 CHECK_RTOL = {torch.bfloat16: 5e-2, torch.float16: 5e-2, torch.float32: 1e-3}
 
-
-def rel_err(got: Optional[torch.Tensor], ref: torch.Tensor) -> float:
-    """Relative norm error in float32; a missing tensor (no output, no gradient) is inf."""
-    if got is None:
-        return float('inf')
-    got, ref = got.float(), ref.float()
-    return ((got - ref).norm() / ref.norm().clamp_min(1e-30)).item()
 
 
 def check_sparse(steps: Dict[str, Callable[[], Optional[torch.Tensor]]], moe: ExpertFFN,

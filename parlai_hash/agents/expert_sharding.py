@@ -45,8 +45,6 @@ def sparse_layers(model: nn.Module) -> Dict[str, SparseFFN]:
 def shard_model(model: nn.Module, rank: int, world: int) -> None:
     """Keep this rank's experts; tell DDP to leave them alone; give the
     layers' token exchanges a process group of their own (every rank calls this)."""
-    import torch.distributed as dist
-
     layers = sparse_layers(model).values()
     for ffn in layers:
         full = dict(ffn.experts.named_parameters())
