@@ -49,16 +49,17 @@ def test_balanced_is_more_even_than_random_on_zipf():
 
 
 def test_balanced_spreads_unseen_tokens():
-    # With no counts at all, ties break on token types: a perfect spread.
+    # With no counts at all, each token takes the candidate with fewer tokens:
+    # two random choices keep 125 per expert within a few (at most 5 over 60 seeds).
     table = make_hash_function('balanced', 8, 0).build_table(inputs(1000, torch.zeros(1000)))
     per_expert = torch.bincount(table, minlength=8)
-    assert per_expert.max() - per_expert.min() <= 1
-    # Unseen tokens go to the lightest experts, spread evenly among them.
+    assert per_expert.max() - per_expert.min() <= 8
+    # Unseen tokens spread over every expert, not only the lightest ones.
     counts = torch.zeros(1000, dtype=torch.float64)
     counts[:10] = 5
     table = make_hash_function('balanced', 8, 0).build_table(inputs(1000, counts))
     unseen = torch.bincount(table[10:], minlength=8)
-    assert (unseen > 0).sum() == 6 and unseen.max() - unseen[unseen > 0].min() <= 1
+    assert unseen.min() > 0 and unseen.max() - unseen.min() <= 8
 
 
 def test_unknown_hash_type_names_the_option():

@@ -6,7 +6,7 @@ means writing a subclass and decorating it with ``@register_hash('name')``.
 
 | type        | routes on                                  | table                              |
 | random      | the current token x_t                      | token -> random expert             |
-| balanced    | x_t                                        | greedy by training frequency       |
+| balanced    | x_t                                        | greedy by frequency, 2 choices     |
 | bigram      | (x_{t-1}, x_t)                             | universal-hash coefficients (a,b,c) |
 | previous    | x_{t-1} (position 0: expert 0)             | token -> random expert             |
 | position    | the position t                             | position -> random expert          |
@@ -18,9 +18,8 @@ means writing a subclass and decorating it with ``@register_hash('name')``.
 
 from __future__ import annotations
 
-import heapq
 from dataclasses import dataclass
-from typing import Callable, Dict, Optional, Type
+from typing import Callable, Dict, Optional, Sequence, Type
 
 import torch
 
@@ -93,29 +92,81 @@ class RandomHash(HashFunction):
     """Each dictionary token gets a fixed, uniformly random expert."""
 
 
+def water_level(counts: Sequence[float], num_experts: int) -> float:
+    """Each expert's load in a perfect split of the counts, apart from experts
+    holding a single token heavier than that (which then hold it alone)."""
+    heaviest_first = sorted(counts, reverse=True)
+    rest = sum(heaviest_first)
+    for n_alone in range(num_experts):
+        level = rest / (num_experts - n_alone)
+        if n_alone >= len(heaviest_first) or heaviest_first[n_alone] <= level:
+            return level
+        rest -= heaviest_first[n_alone]
+    return rest
+
+
 @register_hash('balanced')
 class BalancedHash(HashFunction):
-    """Greedy balance (paper, Fig. 4): most frequent token first, to the emptiest expert.
+    """Greedy balance (paper, Fig. 4), each token choosing between two seeded experts.
 
-    Load is the summed training frequency; ties in load go to the expert with
-    fewer token types (so unseen tokens spread out), and tokens of equal
-    frequency are taken in a seeded random order (so seeds differ).
+    Tokens go most frequent first (equal frequencies in a seeded order; special
+    tokens count 0), each to the emptier (summed frequency, then fewer types) of
+    ``choices`` experts drawn from the seed, unless that lifts it above the
+    ``water_level``: then to the emptiest expert, as the plain greedy would.
+    Unseen tokens add no load: they go to the candidate with fewer unseen tokens.
+
+    Why: the plain greedy (every expert a candidate) groups the same tokens
+    whatever the seed, so MultiHash (seeds s, s+1, ...) and per-layer tables were
+    one partition relabelled. Two random candidates (multiple-choice hashing,
+    the paper's [14]) make tables of different seeds about as unrelated as two
+    random tables (more candidates drift back to the greedy partition), and the
+    water level keeps the busiest expert the greedy's (README, "Hash types").
+    With K <= 2 every expert is a candidate: the plain greedy.
     """
 
     needs_counts = True
+    #: candidate experts per token
+    choices = 2
+    #: tokens whose candidates are drawn at once (bounds memory for large V·K)
+    candidate_chunk = 4096
 
-    def build_table(self, inputs):
+    def candidates(self, vocab_size: int, gen: torch.Generator) -> torch.Tensor:
+        """``[V, d]`` distinct random experts per token, in random order."""
+        d = min(self.choices, self.num_experts)
+        chunks = [torch.empty(0, d, dtype=torch.long)]
+        for start in range(0, vocab_size, self.candidate_chunk):
+            rows = min(self.candidate_chunk, vocab_size - start)
+            chunks.append(torch.rand(rows, self.num_experts, generator=gen).topk(d, dim=1).indices)
+        return torch.cat(chunks)
+
+    def build_table(self, inputs: TableInputs) -> torch.Tensor:
         counts = inputs.token_counts.to(torch.float64)
-        shuffled = torch.randperm(inputs.vocab_size, generator=self.generator())
+        gen = self.generator()
+        shuffled = torch.randperm(inputs.vocab_size, generator=gen)
         order = shuffled[torch.argsort(-counts[shuffled], stable=True)].tolist()
-        heap = [(0.0, 0, e) for e in range(self.num_experts)]
-        table = torch.empty(inputs.vocab_size, dtype=torch.long)
+        candidates = self.candidates(inputs.vocab_size, gen).tolist()
         values = counts.tolist()
+        capacity = water_level(values, self.num_experts)
+        # the fallback scans experts in a seeded order, so labels differ between seeds too
+        experts = torch.randperm(self.num_experts, generator=gen).tolist()
+        load = [0.0] * self.num_experts
+        n_types = [0] * self.num_experts
+        n_unseen = [0] * self.num_experts
+        table = [0] * inputs.vocab_size
         for tok in order:
-            load, n_types, e = heapq.heappop(heap)
+            count = values[tok]
+            # min keeps the first of equal candidates, and their order is random
+            if count > 0:
+                e = min(candidates[tok], key=lambda x: (load[x], n_types[x]))
+                if load[e] + count > capacity:
+                    e = min(experts, key=lambda x: (load[x], n_types[x]))
+            else:
+                e = min(candidates[tok], key=lambda x: (n_unseen[x], load[x]))
+                n_unseen[e] += 1
             table[tok] = e
-            heapq.heappush(heap, (load + values[tok], n_types + 1, e))
-        return table
+            load[e] += count
+            n_types[e] += 1
+        return torch.tensor(table, dtype=torch.long)
 
 
 @register_hash('bigram')
