@@ -33,7 +33,7 @@ def test_model_benchmark_runs_every_model(capsys):
     # one dense FFN adds K-1 FFNs; Switch adds its [K, d] router to that, dropless or not.
     params = {name: int(r[0].strip().replace(',', '')) for name, r in rows.items()}
     assert params['hash'] - params['dense'] == (4 - 1) * (16 * 32 + 32 + 32 * 16 + 16)
-    assert params['switch'] - params['hash'] == params['switch-dropless'] - params['hash'] == 4 * 16
+    assert params['switch'] - params['hash'] == params['switch-dropless'] - params['hash'] == 4 * 16 + 4  # W, b
     # Load max/mean of K experts lies in [1, K].
     for name in ('hash', 'switch', 'switch-dropless', 'base'):
         assert 1.0 <= float(rows[name][6]) <= 4.0, (name, rows[name])

@@ -67,6 +67,20 @@ def check_checkpoint_fits(
             f"pass --num-experts {counts[0]} as it was trained, {_FRESH}",
         )
     theirs_routing, ours_routing = _routing_state(state), _routing_state(own)
+    if theirs_routing ^ ours_routing == {'router_bias'}:
+        # Switch models trained before the router had a bias.
+        had = 'router_bias' in theirs_routing
+        raise OptionError(
+            '--router-bias', f"the checkpoint's router {'has' if had else 'has no'} bias, these "
+            f"options build one {'without' if had else 'with'}",
+            f"pass --router-bias {'true' if had else 'false'} as it was trained",
+        )
+    if {'token_logits.weight', 'token_embedding.weight'} <= theirs_routing ^ ours_routing:
+        had = 'logits' if 'token_logits.weight' in theirs_routing else 'embedding'
+        raise OptionError(
+            '--token-switch-table', f"the checkpoint's Token Switch router uses a {had} table",
+            f"pass --token-switch-table {had} as it was trained",
+        )
     if theirs_routing != ours_routing:
         raise OptionError(
             '--model', f"the checkpoint's routers hold {sorted(theirs_routing)}, the routers these "

@@ -24,12 +24,22 @@ def load_balancing_loss(probs: torch.Tensor, experts: torch.Tensor, num_experts:
     return num_experts * torch.sum(f * p)
 
 
+#: How Token Switch turns the current token into router logits.
+TOKEN_TABLES = ('logits', 'embedding')
+
+
 class SwitchRouter(nn.Module):
     """Top-1 learned router: logits (in float32) -> softmax -> argmax; gate = its probability.
 
-    ``source='hidden'`` routes on the hidden state entering the FFN (Switch);
-    ``source='token'`` routes on a separate learned embedding of the current
-    token and ignores the hidden state (Token Switch, the paper's Table 6).
+    ``source='hidden'`` routes on the hidden state entering the FFN (Switch):
+    logits = W·h + b, the bias as in the paper's appendix B count (Switch 1x64
+    has 65,600 = 64·1024 + 64 parameters more than Hash 1x64).
+    ``source='token'`` routes on the current token alone (Token Switch, the
+    paper's Table 6), through "an extra lookup table ... the size of the
+    dictionary": ``token_table='logits'`` reads the K logits from a learned
+    ``[V, K]`` table (the reading that keeps Token Switch at Switch's printed
+    751M / 1.28B); ``'embedding'`` is the earlier form, a learned ``[V, d]``
+    token embedding fed to W·e + b (8.2M more parameters at d=1024).
     """
 
     def __init__(
@@ -41,8 +51,10 @@ class SwitchRouter(nn.Module):
         capacity_factor: float = 1.25,
         eval_capacity_factor: float = 0.0,
         jitter: float = 0.0,
-        load_balance_weight: float = 0.01,
+        load_balance_weight: float = 0.1,
         z_loss_weight: float = 0.0,
+        bias: bool = True,
+        token_table: str = 'logits',
     ):
         super().__init__()
         self.num_experts = num_experts
@@ -52,23 +64,38 @@ class SwitchRouter(nn.Module):
         self.jitter = jitter
         self.load_balance_weight = load_balance_weight
         self.z_loss_weight = z_loss_weight
-        self.token_embedding = nn.Embedding(vocab_size, dim) if source == 'token' else None
-        if self.token_embedding is not None:
+        # small init keeps early routing near uniform (as in Switch)
+        std = math.sqrt(0.1 / dim)
+        self.token_logits = None
+        self.token_embedding = None
+        if source == 'token' and token_table == 'logits':
+            self.token_logits = nn.Embedding(vocab_size, num_experts)
+            nn.init.normal_(self.token_logits.weight, 0, std)
+            return
+        if source == 'token':
+            self.token_embedding = nn.Embedding(vocab_size, dim)
             nn.init.normal_(self.token_embedding.weight, 0, dim**-0.5)
         self.router_weight = nn.Parameter(torch.empty(num_experts, dim))
-        # small init keeps early routing near uniform (as in Switch)
-        nn.init.normal_(self.router_weight, 0, math.sqrt(0.1 / dim))
+        nn.init.normal_(self.router_weight, 0, std)
+        self.router_bias = nn.Parameter(torch.zeros(num_experts)) if bias else None
 
     def router_input(self, ctx: RoutingContext, hidden: torch.Tensor) -> torch.Tensor:
         if self.token_embedding is not None:
             return self.token_embedding(ctx.tokens)
         return hidden
 
-    def forward(self, ctx: RoutingContext, hidden: torch.Tensor) -> Route:
+    def router_logits(self, ctx: RoutingContext, hidden: torch.Tensor) -> torch.Tensor:
+        """``[B, T, K]`` logits in float32, whatever the model's dtype."""
+        if self.token_logits is not None:
+            return self.token_logits(ctx.tokens).float()
         inp = self.router_input(ctx, hidden).float()
         if self.training and self.jitter > 0:
             inp = inp * torch.empty_like(inp).uniform_(1 - self.jitter, 1 + self.jitter)
-        logits = F.linear(inp, self.router_weight.float())  # float32 routing, whatever the model dtype
+        bias = None if self.router_bias is None else self.router_bias.float()
+        return F.linear(inp, self.router_weight.float(), bias)
+
+    def forward(self, ctx: RoutingContext, hidden: torch.Tensor) -> Route:
+        logits = self.router_logits(ctx, hidden)
         probs = logits.softmax(dim=-1)
         gate, experts = probs.max(dim=-1)
         real = ctx.mask

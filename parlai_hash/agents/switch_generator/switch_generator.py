@@ -11,6 +11,7 @@ from parlai.core.params import ParlaiParser
 from parlai_hash.agents.sparse_agent import SparseGeneratorAgent
 from parlai_hash.errors import OptionError
 from parlai_hash.routing import SwitchRouter
+from parlai_hash.routing.switch_router import TOKEN_TABLES
 
 
 class SwitchGeneratorAgent(SparseGeneratorAgent):
@@ -23,9 +24,21 @@ class SwitchGeneratorAgent(SparseGeneratorAgent):
         super().add_cmdline_args(parser, partial_opt=partial_opt)
         group = parser.add_argument_group('Switch routing')
         group.add_argument(
-            '--load-balance-weight', type=float, default=0.01,
+            '--load-balance-weight', type=float, default=0.1,
             help='alpha of the load-balancing loss alpha*K*sum_i f_i*P_i, summed over sparse '
-            'layers and added to the training loss (reported as lb_loss).',
+            'layers and added to the training loss (reported as lb_loss). Default 0.1, the '
+            'paper\'s value for Switch in Tables 1-8, chosen on validation in its Table 9.',
+        )
+        group.add_argument(
+            '--router-bias', type='bool', default=True,
+            help='Learned bias on the router logits (the paper\'s appendix B counts one: '
+            'K*d + K router parameters).',
+        )
+        group.add_argument(
+            '--token-switch-table', type=str, default='logits', choices=list(TOKEN_TABLES),
+            help='With --switch-input token: logits = a learned [V, K] table of router logits '
+            '(keeps Token Switch at the paper\'s Table 6 parameter count); embedding = a learned '
+            '[V, d] token embedding fed to the router (models trained before this option).',
         )
         group.add_argument(
             '--capacity-factor', type=float, default=1.25,
@@ -76,4 +89,16 @@ class SwitchGeneratorAgent(SparseGeneratorAgent):
             jitter=opt['router_jitter'],
             load_balance_weight=opt['load_balance_weight'],
             z_loss_weight=opt['router_z_loss_weight'],
+            bias=opt['router_bias'],
+            token_table=opt['token_switch_table'],
         )
+
+    @classmethod
+    def upgrade_opt(cls, opt_from_disk: Opt) -> Opt:
+        # Models saved before these options existed have no router bias and a
+        # [V, d] Token Switch embedding: keep them loadable as they were trained.
+        opt_from_disk = super().upgrade_opt(opt_from_disk)
+        for option, earlier in (('router_bias', False), ('token_switch_table', 'embedding')):
+            if option not in opt_from_disk:
+                opt_from_disk[option] = earlier
+        return opt_from_disk
