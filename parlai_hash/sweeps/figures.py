@@ -63,7 +63,10 @@ def make_figures(sweep: Sweep, points: Sequence[Point], out_dir: Path, out: Opti
     label = metric_label(sweep.metric)
     for index, figure in enumerate(sweep.figures):
         where = sweep.where(f'figures[{index}]')
-        chosen = select_points(points, figure.get('points'), where)
+        names = figure.get('points')
+        if isinstance(names, dict):  # one list per scale
+            names = names.get(points[0].scale) if points else None
+        chosen = select_points(points, names, where)
         finished = [(p, r) for p in chosen if (r := read_record(p.record_file)) is not None]
         path = out_dir / figure['file']
         if not finished:

@@ -40,6 +40,10 @@ def records_frame(points: Sequence[Point], metric: str) -> pd.DataFrame:
             'best_valid_step': record.get('best_valid_step'),
             'train_time_s': record.get('train_time_s'),
             'finished': bool(record),
+            'paper_row': point.paper_row.get('row'),
+            'paper_params': point.paper_row.get('params'),
+            f'paper_valid_{metric}': point.paper_row.get('valid'),
+            f'paper_test_{metric}': point.paper_row.get('test'),
         })
     frame = pd.DataFrame(rows)
     for column in ('params', 'train_steps', 'best_valid_step'):
@@ -66,19 +70,27 @@ def paper_table(frame: pd.DataFrame, metric: str) -> pd.DataFrame:
     def number(x: Any) -> str:
         return '—' if x is None or pd.isna(x) else f'{x:.2f}'
 
-    return pd.DataFrame({
+    table = pd.DataFrame({
         'Model': frame['model'],
         'Configuration': frame['configuration'],
         'Params': frame['params'].map(human_count),
         f'Valid {label}': frame[f'valid_{metric}'].map(number),
         f'Test {label}': frame[f'test_{metric}'].map(number),
     })
+    if 'paper_row' in frame and frame['paper_row'].notna().any():
+        # The numbers the paper prints for the row each point reproduces (at its scale).
+        table['Paper row'] = frame['paper_row'].fillna('—')
+        table['Paper Params'] = frame['paper_params'].fillna('—')
+        table[f'Paper Valid {label}'] = frame[f'paper_valid_{metric}'].map(number)
+        table[f'Paper Test {label}'] = frame[f'paper_test_{metric}'].map(number)
+    return table
 
 
 def to_markdown(table: pd.DataFrame) -> str:
     """A GitHub Markdown table (no ``tabulate`` dependency)."""
     header = '| ' + ' | '.join(table.columns) + ' |'
-    align = '|' + '|'.join('---' if i < 2 else '---:' for i in range(len(table.columns))) + '|'
+    left = {'Model', 'Configuration', 'Paper row'}
+    align = '|' + '|'.join('---' if c in left else '---:' for c in table.columns) + '|'
     rows = ['| ' + ' | '.join(str(v) for v in row) + ' |' for row in table.itertuples(index=False)]
     return '\n'.join([header, align, *rows]) + '\n'
 

@@ -22,7 +22,10 @@ from parlai_hash.sweeps.errors import SweepError
 
 SWEEP_KEYS = {'sweep', 'title', 'paper', 'description', 'seed', 'metric', 'extends', 'scales', 'points', 'figures'}
 SCALE_KEYS = {'description', 'options', 'slurm', 'requires', 'vocab_size'}
-POINT_KEYS = {'name', 'model', 'configuration', 'description', 'options', 'scales', 'grid', 'init_from', 'only'}
+POINT_KEYS = {'name', 'model', 'configuration', 'description', 'options', 'scales', 'grid', 'init_from', 'only',
+              'paper_row'}
+#: A point's ``paper_row``: the row of the paper it reproduces and the numbers printed there.
+PAPER_ROW_KEYS = {'row', 'params', 'valid', 'test'}
 FIGURE_KEYS = {'kind', 'file', 'title', 'points', 'x', 'xlabel', 'series', 'datatype', 'max_examples'}
 FIGURE_KINDS = ('curves', 'versus', 'expert_load')
 SLURM_KEYS = {
@@ -91,6 +94,7 @@ class Point:
     depends_on: Tuple[str, ...] = ()
     seed: int = 0
     description: str = ''
+    paper_row: Dict[str, Any] = field(default_factory=dict)
 
     @property
     def model_file(self) -> Path:
@@ -238,6 +242,7 @@ class Sweep:
             depends_on=tuple(depends),
             seed=self.seed,
             description=raw.get('description', ''),
+            paper_row=dict(raw.get('paper_row') or {}),
         )
 
     def _finish_value(
@@ -440,6 +445,11 @@ def _load_points(raw_points: Any, scales: Dict[str, Scale], sweep: Sweep) -> Lis
             raise SweepError(where, f"name {raw['name']!r} has characters unsafe in a folder name",
                              "use letters, digits, '_', '-' and '.'")
         raw['options'] = _check_options(raw.get('options'), where + '.options')
+        paper_row = _mapping(raw.get('paper_row') or {}, where + '.paper_row')
+        _only_keys(paper_row, PAPER_ROW_KEYS, where + '.paper_row')
+        if paper_row and 'row' not in paper_row:
+            raise SweepError(where + '.paper_row', "has no row",
+                             "say which row of the paper it is, e.g. row: Table 1 row 5")
         per_scale = _mapping(raw.get('scales') or {}, where + '.scales')
         for scale_name in per_scale:
             if scale_name not in scales:
