@@ -38,7 +38,8 @@ class _LargeTensorsOnMeta(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = dict(kwargs or {})
-        if func in _FACTORIES and kwargs.get('device') is None:
+        # A draw from an explicit generator builds a routing table, not a weight.
+        if func in _FACTORIES and kwargs.get('device') is None and kwargs.get('generator') is None:
             shape = args[0] if len(args) == 1 and isinstance(args[0], (tuple, list, torch.Size)) else args
             dtype = kwargs.get('dtype') or torch.get_default_dtype()
             numel = 1
