@@ -1,7 +1,10 @@
 """Building pushshift_reddit shards from the hand-written fixture months.
 
 ``tests/fixtures/reddit/README.md`` lists what each fixture line is for and
-the outcome the build must give it; the counts below follow from that table.
+the outcome the build must give it under ``--reddit-rules ours`` (the rules
+it was written for, which these build-mechanics tests keep); the counts below
+follow from that table. ``FIXTURE_STATS_RECIPES`` is the same month under the
+default rules; ``test_reddit_rules.py`` has the fixture written for those.
 """
 
 from __future__ import annotations
@@ -36,15 +39,36 @@ FIXTURE_STATS = {
     'dropped_url': 1,
     'dropped_too_short': 1,
     'dropped_too_long': 1,
+    'dropped_non_ascii_start': 0,
     'dropped_garbled': 1,
     'dropped_non_english': 1,
+    'dropped_too_many_tokens': 0,
     'kept': 11,
     'kept_top_level': 2,
     'kept_parent_missing': 1,
     'kept_ancestor_dropped': 1,
+    'kept_too_deep': 0,
     'examples_train': 7,
     'examples_valid': 0,
     'examples_test': 0,
+    # no RS_ files
+    'submissions_read': 0,
+    'submissions_corrupt': 0,
+    'submissions_duplicate': 0,
+    'submissions_dropped': 0,
+    'submissions_kept': 0,
+}
+# Recipes keeps the symbol line (da) and the Spanish reply (db), which are
+# ASCII from their first character and short, and drops d9 (2,400 characters,
+# with spaces) for its 600 tokens rather than for its length.
+FIXTURE_STATS_RECIPES = {
+    **FIXTURE_STATS,
+    'dropped_too_long': 0,
+    'dropped_garbled': 0,
+    'dropped_non_english': 0,
+    'dropped_too_many_tokens': 1,
+    'kept': 13,
+    'examples_train': 9,
 }
 
 Q = 'What is the best way to learn to cook at home?'
@@ -64,10 +88,11 @@ FIXTURE_EXAMPLES = {
 
 
 def build(dump_dir: Path, out: Path, commit_every_lines: int = 100_000, **options) -> BuildResult:
-    """Build with every split in train unless the test asks otherwise."""
+    """Build under the fixture's rules, every split in train, unless the test asks otherwise."""
     opt = {
         'reddit_dump_dir': str(dump_dir),
         'reddit_build_dir': str(out),
+        'reddit_rules': 'ours',
         'reddit_valid_fraction': 0.0,
         'reddit_test_fraction': 0.0,
         **{f'reddit_{name}': value for name, value in options.items()},
@@ -105,6 +130,15 @@ def test_every_line_is_counted_once(dump_dir, tmp_path):
 def test_examples_follow_reply_chains_across_months_and_file_order(dump_dir, tmp_path):
     result = build(dump_dir, tmp_path / 'out')
     assert as_table(examples_of(result)['train']) == FIXTURE_EXAMPLES
+
+
+def test_the_default_rules_on_the_same_months(dump_dir, tmp_path):
+    result = build(dump_dir, tmp_path / 'out', rules='recipes')
+    assert result.manifest.stats == FIXTURE_STATS_RECIPES
+    table = as_table(examples_of(result)['train'])
+    assert {key: table[key] for key in FIXTURE_EXAMPLES} == FIXTURE_EXAMPLES
+    assert table['t1_da'] == ([Q, A], '!!!! ???? !!!! ???? !!!! ????')
+    assert table['t1_db'][1].startswith('Esta es una respuesta')
 
 
 def test_context_is_cut_to_the_last_turns(dump_dir, tmp_path):
@@ -306,5 +340,11 @@ def test_default_build_dir_is_keyed_by_dumps_and_options(dump_dir, tmp_path):
     assert default_dir() == first
     assert default_dir(reddit_keep_index=True) == first  # does not change the data
     assert default_dir(reddit_min_chars=3) != first
+    # the rules are part of the key: a build under the earlier rules is not reused
+    assert default_dir(reddit_rules='ours') != first
+    # the key follows the values, not how they were given
+    assert default_dir(reddit_rules='recipes') == first
+    assert default_dir(reddit_max_depth=7, reddit_max_bpe_tokens=128) == first
+    assert default_dir(reddit_rules='ours', reddit_max_depth=7) != default_dir(reddit_rules='ours')
     shutil.copy(FIXTURES / MONTHS[0], dump_dir / 'RC_2010-03.ndjson')
     assert default_dir() != first  # a new month is a new build

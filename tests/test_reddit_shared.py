@@ -1,7 +1,11 @@
 """pushshift_reddit on the genuine dumps RC_2005-12 and RC_2006-01 (../shared/data/reddit).
 
 Numbers checked against ``PROVENANCE.md`` there: 1,075 + 3,666 comments,
-120 + 528 deleted or removed bodies, 2 comments in r/nsfw.
+120 + 528 deleted or removed bodies, 2 comments in r/nsfw. The builds use the
+default rules with 10% of threads each for valid and test, as the local
+scale of ``sweeps/settings/reddit.yaml`` does (the default 1/4096 leaves these
+1,569 threads nothing to validate on). ``test_reddit_rules_shared.py`` checks
+each rule on these months.
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ from parlai_hash.tasks.pushshift_reddit.text import clean_body
 # conftest.SHARED_DATA, spelled out as the task asks tests to locate it
 REDDIT = Path(__file__).resolve().parents[1].parent / 'shared' / 'data' / 'reddit'
 MONTHS = ('RC_2005-12', 'RC_2006-01')
+#: The local sweep's valid and test fractions.
+FRACTION = 0.1
 
 pytestmark = pytest.mark.skipif(
     not all((REDDIT / f'{m}.{ext}').exists() for m in MONTHS for ext in ('zst', 'ndjson')),
@@ -39,6 +45,8 @@ def build(dump_dir: Path, out: Path, **options) -> BuildResult:
     opt = {
         'reddit_dump_dir': str(dump_dir),
         'reddit_build_dir': str(out),
+        'reddit_valid_fraction': FRACTION,
+        'reddit_test_fraction': FRACTION,
         **{f'reddit_{name}': value for name, value in options.items()},
     }
     return ensure_built(config_from_opt(opt))
@@ -86,7 +94,7 @@ def test_stats_of_the_two_months(shared_build):
     assert stats['read'] == 1075 + 3666
     assert stats['corrupt'] == 0 and stats['duplicate'] == 0
     assert stats['dropped_deleted'] == 120 + 528
-    assert stats['dropped_subreddit_blocked'] == 2  # the two r/nsfw comments
+    assert stats['dropped_subreddit_blocked'] == 0  # r/nsfw is no language: not blocked
     assert stats['read'] == sum(stats[key] for key in LINE_COUNTERS if key != 'read')
     assert stats['kept'] == sum(stats[key] for key in KEPT_COUNTERS)
     assert all(stats[f'examples_{split}'] > 0 for split in SPLITS)
@@ -129,7 +137,8 @@ def test_a_thread_never_straddles_splits(shared_build):
     assert not threads['valid'] & threads['test']
     for split, links in threads.items():
         assert all(
-            SPLITS[split_of_thread(parse_base36(link[3:]), 0.05, 0.05)] == split for link in links
+            SPLITS[split_of_thread(parse_base36(link[3:]), FRACTION, FRACTION)] == split
+            for link in links
         )
 
 
@@ -303,6 +312,11 @@ def test_cli_train_model_runs_on_the_dumps(zst_only, tmp_path):
         'true',
         '--dict-maxexs',
         '300',
+        # the default 1/4096 of threads leaves these two months no valid split
+        '--reddit-valid-fraction',
+        str(FRACTION),
+        '--reddit-test-fraction',
+        str(FRACTION),
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert model.exists() and (tmp_path / 'model.dict').exists()

@@ -103,22 +103,30 @@ def _comment(body: str, author: str = 'someone', subreddit: str = 'AskReddit') -
 
 
 @pytest.mark.parametrize(
-    'comment, reason',
+    'comment, recipes, ours',
     [
-        (_comment('A fine and ordinary reply.'), None),
-        (_comment('[removed]'), 'deleted'),
-        (_comment('A fine reply in a blocked place.', subreddit='NSFW'), 'subreddit_blocked'),
-        (_comment('A fine reply from a bot.', author='WikiTextBot'), 'bot_author'),
-        (_comment('A fine reply from a moderator bot.', author='AutoModerator'), 'bot_author'),
-        (_comment('Look at www.example.com today.'), 'url'),
-        (_comment('hey'), 'too_short'),
-        (_comment('word ' * 500), 'too_long'),
-        (_comment('#### **** #### **** ####'), 'garbled'),
-        (_comment('Esta es una respuesta que no es para el modelo.'), 'non_english'),
+        (_comment('A fine and ordinary reply.'), None, None),
+        (_comment('[removed]'), 'deleted', 'deleted'),
+        (_comment('Ein Kommentar.', subreddit='de'), 'subreddit_blocked', 'subreddit_blocked'),
+        # nsfw is not a language: Recipes blocks only non-English subreddits
+        (_comment('A fine reply in a blocked place.', subreddit='NSFW'), None, 'subreddit_blocked'),
+        (_comment('A fine reply from a bot.', author='WikiTextBot'), 'bot_author', 'bot_author'),
+        (_comment('A moderator bot reply.', author='AutoModerator'), 'bot_author', 'bot_author'),
+        (_comment('Look at www.example.com today.'), 'url', 'url'),
+        (_comment('hey'), 'too_short', 'too_short'),
+        # 2,500 characters with spaces: Recipes drops it for its 500 tokens instead
+        (_comment('word ' * 500), 'too_many_tokens', 'too_long'),
+        (_comment('x' * 2049), 'too_long', 'too_long'),
+        (_comment('I really do think so. ' * 30), 'too_many_tokens', None),
+        (_comment('\u201cQuoted\u201d is how I would put it.'), 'non_ascii_start', None),
+        (_comment('#### **** #### **** ####'), None, 'garbled'),
+        (_comment('Esta es una respuesta que no es para el modelo.'), None, 'non_english'),
     ],
 )
-def test_default_filters(comment, reason):
-    assert CommentFilter(FilterConfig()).apply(comment)[1] == reason
+def test_filters_of_each_rule_set(comment, recipes, ours):
+    assert CommentFilter(FilterConfig()).apply(comment)[1] == recipes  # the defaults
+    assert CommentFilter(FilterConfig.of_rules('recipes')).apply(comment)[1] == recipes
+    assert CommentFilter(FilterConfig.of_rules('ours')).apply(comment)[1] == ours
 
 
 def test_each_filter_can_be_turned_off():
@@ -130,6 +138,8 @@ def test_each_filter_can_be_turned_off():
             drop_urls=False,
             min_chars=0,
             max_chars=10**6,
+            max_bpe_tokens=0,
+            drop_non_ascii_start=False,
             drop_garbled=False,
             drop_non_english=False,
         )
@@ -141,6 +151,8 @@ def test_each_filter_can_be_turned_off():
         ('https://example.com', 'x', 'x'),
         ('k', 'x', 'x'),
         ('word ' * 500, 'x', 'x'),
+        ('x' * 3000, 'x', 'x'),
+        ('\u00dcber.', 'x', 'x'),
         ('#### ****', 'x', 'x'),
         ('Esta es una respuesta que no es para el modelo.', 'x', 'x'),
     ]:
@@ -153,6 +165,8 @@ def test_each_filter_can_be_turned_off():
         ({'min_chars': -1}, '--reddit-min-chars'),
         ({'min_chars': 10, 'max_chars': 5}, '--reddit-max-chars'),
         ({'bot_author_regex': '(unclosed'}, '--reddit-bot-author-regex'),
+        ({'max_chars_rule': 'spaces'}, '--reddit-max-chars-rule'),
+        ({'max_bpe_tokens': -1}, '--reddit-max-bpe-tokens'),
     ],
 )
 def test_bad_filter_options_name_the_option(kwargs, option):
@@ -266,13 +280,22 @@ def test_list_dumps_reads_each_month_once(tmp_path):
         'RC_2006-01.ndjson',
         'RC_2005-12.bz2',
         'RS_2005-12.zst',
+        'RS_v2_2005-06.xz',
+        'RS_2006-01.zst',
+        'RS_2006-01.ndjson',
         'notes.txt',
         '.hidden.zst',
     ]:
         (tmp_path / name).write_bytes(b'')
     listing = list_dumps(tmp_path)
     assert [d.name for d in listing.dumps] == ['RC_2005-12.bz2', 'RC_2006-01.ndjson']
-    assert set(listing.ignored) == {'RC_2006-01.zst', 'RS_2005-12.zst', 'notes.txt'}
+    assert [d.name for d in listing.submissions] == [
+        'RS_2005-12.zst',
+        'RS_2006-01.ndjson',
+        'RS_v2_2005-06.xz',
+    ]
+    assert set(listing.ignored) == {'RC_2006-01.zst', 'RS_2006-01.zst', 'notes.txt'}
+    assert listing.inputs(read_submissions=False) == listing.dumps
 
 
 def _compressed_variants(tmp_path: Path):

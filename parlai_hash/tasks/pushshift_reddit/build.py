@@ -3,10 +3,12 @@
 Four resumable steps, each committed to the SQLite index as it goes:
 
 1. ingest: stream every dump line by line, parse, filter, and insert every
-   comment (kept ones with their cleaned text) keyed by id;
+   submission (``RS_`` files, when present) and comment (kept ones with their
+   cleaned text) keyed by id;
 2. resolve: walk the reply trees down from the submissions, so a comment is a
    response only when its whole chain up to the thread is kept;
-3. emit: per split, write shards of (context, response) examples;
+3. emit: per split, write shards of (context, response) examples, within the
+   depth limit;
 4. finish: write the manifest (the only file the teacher trusts), print stats.
 """
 
@@ -16,7 +18,7 @@ import fcntl
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional
+from typing import Callable, Dict, Iterator, List, Optional
 
 from tqdm import tqdm
 
@@ -32,7 +34,7 @@ from parlai_hash.tasks.pushshift_reddit.dumps import (
 )
 from parlai_hash.tasks.pushshift_reddit.filters import CommentFilter
 from parlai_hash.tasks.pushshift_reddit.index import CommentIndex, FingerprintMismatch
-from parlai_hash.tasks.pushshift_reddit.records import parse_comment, to_base36
+from parlai_hash.tasks.pushshift_reddit.records import parse_comment, parse_submission, to_base36
 from parlai_hash.tasks.pushshift_reddit.shards import (
     FORMAT_VERSION,
     Example,
@@ -44,7 +46,11 @@ from parlai_hash.tasks.pushshift_reddit.shards import (
     write_shard,
 )
 from parlai_hash.tasks.pushshift_reddit.splits import SPLITS, split_of_thread
-from parlai_hash.tasks.pushshift_reddit.stats import empty_line_counters
+from parlai_hash.tasks.pushshift_reddit.stats import (
+    SUBMISSION_STATS_PREFIX,
+    empty_line_counters,
+    empty_submission_counters,
+)
 
 INDEX_FILE = 'index.sqlite'
 LOCK_FILE = '.build.lock'
@@ -99,29 +105,43 @@ def _build(config: BuildConfig) -> Manifest:
     listing = require_dumps(dump_dir)
     for name, why in listing.ignored.items():
         _log(f'pushshift_reddit: ignoring {name}: {why}')
+    _log_what_is_approximated(config, dump_dir, bool(listing.submissions))
     fingerprint = {
         'format': FORMAT_VERSION,
         'dump_dir': str(dump_dir),
-        'dumps': describe_dumps(listing.dumps),
+        'dumps': describe_dumps(listing.inputs(config.post_titles)),
         'shape': config.shape(),
     }
     index_path = build_dir / INDEX_FILE
     index = _open_index(index_path, fingerprint)
     try:
         comment_filter = CommentFilter(config.filters)
+
+        def submission_line(line: Optional[bytes], counts: Dict[str, int]) -> None:
+            _ingest_submission(index, line, comment_filter, counts)
+
+        def comment_line(line: Optional[bytes], counts: Dict[str, int]) -> None:
+            _ingest_line(index, line, comment_filter, config, counts)
+
+        # Submissions first: only an order for the progress bars, resolving needs both.
+        post_counts = empty_submission_counters()
+        for dump in listing.submissions if config.post_titles else []:
+            counts = _ingest(index, dump, submission_line, empty_submission_counters, config)
+            _add(post_counts, counts)
         line_counts = empty_line_counters()
         for dump in listing.dumps:
-            for key, value in _ingest(index, dump, comment_filter, config).items():
-                line_counts[key] += value
+            _add(line_counts, _ingest(index, dump, comment_line, empty_line_counters, config))
         _resolve(index)
         splits = {split: _emit(index, split, config) for split in SPLITS}
+        reply_counts = index.reply_counts(config.max_depth)
         stats = {
             **line_counts,
-            **{f'kept_{key}': value for key, value in index.reply_counts().items()},
+            **{f'kept_{key}': value for key, value in reply_counts.items()},
             **{
                 f'examples_{split}': sum(s.examples for s in shards)
                 for split, shards in splits.items()
             },
+            **{f'{SUBMISSION_STATS_PREFIX}{key}': value for key, value in post_counts.items()},
         }
         manifest = Manifest(splits=splits, stats=stats, fingerprint=fingerprint)
         manifest.write(build_dir)
@@ -130,6 +150,27 @@ def _build(config: BuildConfig) -> Manifest:
     if not config.keep_index:
         index_path.unlink()
     return manifest
+
+
+def _add(totals: Dict[str, int], counts: Dict[str, int]) -> None:
+    for key, value in counts.items():
+        totals[key] += value
+
+
+def _log_what_is_approximated(config: BuildConfig, dump_dir: Path, has_submissions: bool) -> None:
+    """Say when a rule cannot be applied as Recipes describes it with what was given."""
+    filters = config.filters
+    if filters.max_bpe_tokens and filters.bpe_files is None:
+        _log(
+            f'pushshift_reddit: no --reddit-bpe-vocab/--reddit-bpe-merge: the '
+            f'{filters.max_bpe_tokens}-BPE-token limit counts byte-level pre-tokens (words, '
+            'numbers, punctuation runs), a lower bound of any BPE\'s count'
+        )
+    if config.post_titles and not has_submissions:
+        _log(
+            f'pushshift_reddit: no RS_ submission dumps in {dump_dir}: without post titles, '
+            'replies to a post are context only and contexts start at the top-level comment'
+        )
 
 
 def _open_index(index_path: Path, fingerprint: Dict[str, object]) -> CommentIndex:
@@ -156,14 +197,22 @@ def _open_index(index_path: Path, fingerprint: Dict[str, object]) -> CommentInde
         return index
 
 
+#: Handles one line of a dump (None: an oversized line) and updates the counters.
+LineHandler = Callable[[Optional[bytes], Dict[str, int]], None]
+
+
 def _ingest(
-    index: CommentIndex, dump: DumpFile, comment_filter: CommentFilter, config: BuildConfig
+    index: CommentIndex,
+    dump: DumpFile,
+    handle_line: LineHandler,
+    empty_counters: Callable[[], Dict[str, int]],
+    config: BuildConfig,
 ) -> Dict[str, int]:
-    """Insert one dump's comments; returns its line counters."""
+    """Insert one dump's comments or submissions; returns its line counters."""
     lines_done, done, saved = index.dump_progress(dump.name)
     if done:
         return saved
-    counts = {**empty_line_counters(), **saved}
+    counts = {**empty_counters(), **saved}
     if lines_done:
         _log(
             f'pushshift_reddit: {dump.name}: skipping {lines_done} lines ingested before the interruption'
@@ -177,7 +226,7 @@ def _ingest(
                 line_number += 1
                 if line_number <= lines_done:
                     continue  # committed by an interrupted run
-                _ingest_line(index, line, comment_filter, config, counts)
+                handle_line(line, counts)
                 if line_number % config.commit_every_lines == 0:
                     index.commit_dump_progress(dump.name, line_number, False, counts)
         except TruncatedDumpError as error:
@@ -187,9 +236,10 @@ def _ingest(
                 f'download {dump.name} again, or move it out of the folder',
             ) from None
     if counts['read'] and counts['corrupt'] > config.max_corrupt_fraction * counts['read']:
+        what = 'submissions' if dump.holds_submissions else 'comments'
         raise OptionError(
             '--reddit-dump-dir',
-            f"{counts['corrupt']} of {counts['read']} lines of {dump.name} are not Reddit comments",
+            f"{counts['corrupt']} of {counts['read']} lines of {dump.name} are not Reddit {what}",
             'move that file out of the folder (or raise --reddit-max-corrupt-fraction)',
         )
     index.commit_dump_progress(dump.name, line_number, True, counts)
@@ -219,6 +269,28 @@ def _ingest_line(
         counts['kept'] += 1
 
 
+def _ingest_submission(
+    index: CommentIndex,
+    line: Optional[bytes],
+    comment_filter: CommentFilter,
+    counts: Dict[str, int],
+) -> None:
+    counts['read'] += 1
+    submission = parse_submission(line) if line is not None else None
+    if submission is None:
+        counts['corrupt'] += 1
+        return
+    # The title is the first turn of its thread, so it passes the comments' rules;
+    # a dropped one takes the thread with it, as a dropped comment its replies.
+    title, reason = comment_filter.check(submission.title, submission.author, submission.subreddit)
+    if not index.insert_submission((submission.id, None if reason else title)):
+        counts['duplicate'] += 1
+    elif reason:
+        counts['dropped'] += 1
+    else:
+        counts['kept'] += 1
+
+
 def _resolve(index: CommentIndex) -> None:
     levels = 0
     for _ in tqdm(index.resolve_threads(), desc='linking replies', unit=' levels', mininterval=1.0):
@@ -233,7 +305,7 @@ def _emit(index: CommentIndex, split: str, config: BuildConfig) -> List[ShardInf
     written = index.shards(split)
     shards = [ShardInfo(file, examples) for file, examples, _ in written]
     after_id = written[-1][2] if written else -1
-    total = index.count_responses(split_number)
+    total = index.count_responses(split_number, config.max_depth)
     with tqdm(
         total=total,
         initial=sum(s.examples for s in shards),
@@ -241,12 +313,12 @@ def _emit(index: CommentIndex, split: str, config: BuildConfig) -> List[ShardInf
         mininterval=1.0,
     ) as bar:
         while True:
-            rows = index.responses(split_number, after_id, config.shard_size)
+            rows = index.responses(split_number, after_id, config.shard_size, config.max_depth)
             if not rows:
                 break
             examples = [
                 Example(
-                    context=index.context(parent, config.max_context_turns),
+                    context=index.context(parent, link, config.max_context_turns),
                     response=body,
                     comment_id=f't1_{to_base36(comment_id)}',
                     link_id=f't3_{to_base36(link)}',

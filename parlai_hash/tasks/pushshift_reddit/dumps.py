@@ -1,9 +1,10 @@
-"""Finding the monthly comment dumps and streaming their lines.
+"""Finding the monthly dumps and streaming their lines.
 
-pushshift publishes ``RC_YYYY-MM`` files compressed with zstd (a 2 GiB
-window, so ``max_window_size=2**31``), older months with bz2 or xz; some
-mirrors ship them decompressed (``.ndjson``/``.json``). Everything here reads
-in fixed-size chunks, so memory stays bounded whatever the file size.
+pushshift publishes comments as ``RC_YYYY-MM`` files and submissions (posts)
+as ``RS_YYYY-MM`` files, compressed with zstd (a 2 GiB window, so
+``max_window_size=2**31``), older months with bz2 or xz; some mirrors ship
+them decompressed (``.ndjson``/``.json``). Everything here reads in
+fixed-size chunks, so memory stays bounded whatever the file size.
 
 A compressed stream that ends mid-frame (an interrupted download) raises
 ``TruncatedDumpError``: silently using the first half of a month would build
@@ -21,9 +22,11 @@ from typing import BinaryIO, Callable, Dict, Iterator, List, Optional
 from parlai_hash.errors import OptionError
 
 DUMPS_HELP = (
-    'pushshift monthly comment dumps RC_YYYY-MM.zst/.bz2/.xz/.ndjson '
-    '(files.pushshift.io, or its academictorrents mirror)'
+    'pushshift monthly comment dumps RC_YYYY-MM.zst/.bz2/.xz/.ndjson, and optionally the '
+    'submission dumps RS_YYYY-MM.* (files.pushshift.io, or its academictorrents mirror)'
 )
+#: Submission files start so (``RS_2019-10.zst``); comment files are the other dumps.
+SUBMISSION_FILE_PREFIX = 'RS_'
 
 CHUNK_BYTES = 1 << 20
 #: A "line" longer than this is garbage (real comments are < 100 KB); it is
@@ -51,12 +54,23 @@ class DumpFile:
     def name(self) -> str:
         return self.path.name
 
+    @property
+    def holds_submissions(self) -> bool:
+        return self.stem.startswith(SUBMISSION_FILE_PREFIX)
+
 
 @dataclass(frozen=True)
 class DumpListing:
+    #: The comment months (``RC_``).
     dumps: List[DumpFile]
-    #: Same month in another format, submissions (``RS_``), other files.
+    #: The submission months (``RS_``).
+    submissions: List[DumpFile]
+    #: Same month in another format, other files.
     ignored: Dict[str, str]
+
+    def inputs(self, read_submissions: bool) -> List[DumpFile]:
+        """The files a build reads: the comments, and the submissions when it uses them."""
+        return self.dumps + (self.submissions if read_submissions else [])
 
 
 def _format_suffix(name: str) -> Optional[str]:
@@ -67,7 +81,7 @@ def _format_suffix(name: str) -> Optional[str]:
 
 
 def list_dumps(folder: Path) -> DumpListing:
-    """The comment dumps directly in ``folder``, one per month, in month order."""
+    """The comment and submission dumps directly in ``folder``, one per month, in month order."""
     by_stem: Dict[str, List[Path]] = {}
     ignored: Dict[str, str] = {}
     for path in sorted(folder.iterdir()):
@@ -76,29 +90,25 @@ def list_dumps(folder: Path) -> DumpListing:
         suffix = _format_suffix(path.name)
         if suffix is None:
             ignored[path.name] = 'not a .zst/.bz2/.xz/.ndjson/.json file'
-        elif path.name.startswith('RS_'):
-            ignored[path.name] = 'a submissions dump (RS_), not comments'
         else:
             by_stem.setdefault(path.name[: -len(suffix)], []).append(path)
-    dumps = []
+    dumps, submissions = [], []
     for stem in sorted(by_stem):
         paths = sorted(by_stem[stem], key=lambda p: FORMAT_PREFERENCE.index(_format_suffix(p.name)))
         chosen = paths[0]
         for other in paths[1:]:
             ignored[other.name] = f'same month as {chosen.name}, which is read instead'
-        dumps.append(DumpFile(path=chosen, stem=stem, size=chosen.stat().st_size))
-    return DumpListing(dumps=dumps, ignored=ignored)
+        dump = DumpFile(path=chosen, stem=stem, size=chosen.stat().st_size)
+        (submissions if dump.holds_submissions else dumps).append(dump)
+    return DumpListing(dumps=dumps, submissions=submissions, ignored=ignored)
 
 
 def require_dumps(folder: Path) -> DumpListing:
     """``list_dumps``, or an OptionError when the folder holds no comment dump."""
     listing = list_dumps(folder)
     if not listing.dumps:
-        found = (
-            f" (found only: {', '.join(sorted(listing.ignored))})"
-            if listing.ignored
-            else ' (it is empty)'
-        )
+        others = sorted([*listing.ignored, *(dump.name for dump in listing.submissions)])
+        found = f" (found only: {', '.join(others)})" if others else ' (it is empty)'
         raise OptionError(
             '--reddit-dump-dir', f'no comment dumps in {folder}{found}', f'put {DUMPS_HELP} in it'
         )

@@ -1,10 +1,15 @@
 """The on-disk comment index (SQLite) that joins replies to their parents.
 
 A reply and its parent may be in different monthly files, and a month does
-not fit in memory, so every comment goes into one table keyed by its id.
-Dropped comments are kept as rows without a body: their replies must know
-that the parent existed but was filtered (and so drop out too), as opposed
-to a parent missing from the dumps.
+not fit in memory, so every comment goes into one table keyed by its id, and
+every submission (the post a thread hangs from) into another. Dropped
+comments are kept as rows without a body: their replies must know that the
+parent existed but was filtered (and so drop out too), as opposed to a
+parent missing from the dumps. The same holds for a dropped submission and
+its whole thread.
+
+Depth counts the comments on the chain from the submission: a reply to the
+submission is at depth 1, a reply to that reply at depth 2, and so on.
 
 The same database records how far the build got (lines of each dump, levels
 of thread resolution, shards written), each step committed together with
@@ -26,7 +31,11 @@ CREATE TABLE IF NOT EXISTS comments (
     link INTEGER NOT NULL,   -- the thread (submission) id
     split INTEGER NOT NULL,  -- index into splits.SPLITS
     body TEXT,               -- cleaned text; NULL when a filter dropped the comment
-    depth INTEGER            -- turns below the submission; NULL when not reachable
+    depth INTEGER            -- 1 for a reply to the submission; NULL when not reachable
+);
+CREATE TABLE IF NOT EXISTS submissions (
+    id INTEGER PRIMARY KEY,  -- the thread id, as in comments.link
+    body TEXT                -- cleaned title; NULL when a filter dropped the submission
 );
 CREATE TABLE IF NOT EXISTS dump_progress (
     name TEXT PRIMARY KEY, lines_done INTEGER NOT NULL, done INTEGER NOT NULL,
@@ -40,6 +49,22 @@ CREATE TABLE IF NOT EXISTS shards (
 
 #: (id, parent, link, split, body or None)
 CommentRow = Tuple[int, Optional[int], int, int, Optional[str]]
+#: (id, title or None)
+SubmissionRow = Tuple[int, Optional[str]]
+
+#: SQL: the thread of comment ``c`` has a kept submission (its title is a context turn).
+_TITLED = 'EXISTS (SELECT 1 FROM submissions s WHERE s.id = c.link AND s.body IS NOT NULL)'
+#: SQL: the thread of comment ``c`` has a dropped submission (the thread is dropped).
+_THREAD_DROPPED = 'EXISTS (SELECT 1 FROM submissions s WHERE s.id = c.link AND s.body IS NULL)'
+#: SQL: reached comment ``c`` is a response: within the depth limit, with a
+#: context (a parent comment, or the title).
+_RESPONSE = f'c.depth >= 1 AND c.depth <= ? AND (c.depth >= 2 OR {_TITLED})'
+#: Stands for "no depth limit" in the SQL above.
+_NO_DEPTH_LIMIT = 2**62
+
+
+def _depth_limit(max_depth: int) -> int:
+    return max_depth or _NO_DEPTH_LIMIT
 
 
 class FingerprintMismatch(Exception):
@@ -108,6 +133,11 @@ class CommentIndex:
         )
         return cursor.rowcount == 1
 
+    def insert_submission(self, row: SubmissionRow) -> bool:
+        """Insert a submission; False when its id is already there (a duplicate)."""
+        cursor = self.db.execute('INSERT OR IGNORE INTO submissions (id, body) VALUES (?, ?)', row)
+        return cursor.rowcount == 1
+
     # -- thread resolution ---------------------------------------------------------
 
     def resolve_threads(self) -> Iterable[int]:
@@ -116,8 +146,11 @@ class CommentIndex:
         Breadth first, one depth level per UPDATE (committed, so resumable),
         which needs no particular order of the rows: ids are not monotonic in
         the oldest months, and a reply may arrive in a later file than its
-        parent. A comment whose chain meets a dropped or missing comment is
-        never reached. Yields the number of comments resolved per level.
+        parent. A comment whose chain meets a dropped or missing comment, or
+        whose submission was dropped, is never reached. Comments beyond the
+        depth limit are reached too (and counted as too deep): the limit is
+        applied when choosing responses. Yields the number of comments
+        resolved per level.
         """
         level = self._get_meta('resolved_level')
         if level is None:
@@ -128,12 +161,13 @@ class CommentIndex:
                 'CREATE INDEX IF NOT EXISTS by_depth ON comments (depth) WHERE depth IS NOT NULL'
             )
             cursor = self.db.execute(
-                'UPDATE comments SET depth = 0 WHERE body IS NOT NULL AND parent IS NULL'
+                'UPDATE comments AS c SET depth = 1 WHERE body IS NOT NULL AND parent IS NULL'
+                f' AND NOT {_THREAD_DROPPED}'
             )
-            self._set_meta('resolved_level', '0')
+            self._set_meta('resolved_level', '1')
             self.db.commit()
             yield cursor.rowcount
-            level = '0'
+            level = '1'
         if level == 'done':
             return
         depth = int(level)
@@ -151,21 +185,22 @@ class CommentIndex:
                 return
             yield resolved
 
-    def reply_counts(self) -> Dict[str, int]:
-        """Kept comments by what they can be: thread starters, responses, or neither."""
-        counts = {}
-        counts['top_level'] = self.db.execute(
-            'SELECT COUNT(*) FROM comments WHERE depth = 0'
-        ).fetchone()[0]
-        counts['parent_missing'] = self.db.execute(
-            'SELECT COUNT(*) FROM comments c WHERE c.body IS NOT NULL AND c.depth IS NULL'
-            ' AND NOT EXISTS (SELECT 1 FROM comments p WHERE p.id = c.parent)'
-        ).fetchone()[0]
-        counts['ancestor_dropped'] = self.db.execute(
-            'SELECT COUNT(*) FROM comments c WHERE c.body IS NOT NULL AND c.depth IS NULL'
-            ' AND EXISTS (SELECT 1 FROM comments p WHERE p.id = c.parent)'
-        ).fetchone()[0]
-        return counts
+    def reply_counts(self, max_depth: int) -> Dict[str, int]:
+        """Kept comments that are not responses, by why not (``max_depth`` 0: no limit)."""
+
+        def count(where: str, *args: object) -> int:
+            query = f'SELECT COUNT(*) FROM comments c WHERE c.body IS NOT NULL AND {where}'
+            return self.db.execute(query, args).fetchone()[0]
+
+        unreached = 'c.depth IS NULL AND '
+        parent_exists = 'EXISTS (SELECT 1 FROM comments p WHERE p.id = c.parent)'
+        return {
+            # a reply to a submission not in the dumps: its only use is as context
+            'top_level': count(f'c.depth = 1 AND NOT {_TITLED}'),
+            'parent_missing': count(unreached + f'c.parent IS NOT NULL AND NOT {parent_exists}'),
+            'ancestor_dropped': count(unreached + f'(c.parent IS NULL OR {parent_exists})'),
+            'too_deep': count('c.depth > ?', _depth_limit(max_depth)),
+        }
 
     # -- examples --------------------------------------------------------------------
 
@@ -175,28 +210,43 @@ class CommentIndex:
         )
         self.db.commit()
 
-    def count_responses(self, split: int) -> int:
+    def count_responses(self, split: int, max_depth: int) -> int:
         return self.db.execute(
-            'SELECT COUNT(*) FROM comments WHERE split = ? AND depth >= 1', (split,)
+            f'SELECT COUNT(*) FROM comments c WHERE c.split = ? AND {_RESPONSE}',
+            (split, _depth_limit(max_depth)),
         ).fetchone()[0]
 
-    def responses(self, split: int, after_id: int, limit: int) -> List[Tuple[int, int, int, str]]:
+    def responses(
+        self, split: int, after_id: int, limit: int, max_depth: int
+    ) -> List[Tuple[int, Optional[int], int, str]]:
         """Up to ``limit`` (id, parent, link, body) of responses, in id order."""
         return self.db.execute(
-            'SELECT id, parent, link, body FROM comments'
-            ' WHERE split = ? AND depth >= 1 AND id > ? ORDER BY id LIMIT ?',
-            (split, after_id, limit),
+            'SELECT c.id, c.parent, c.link, c.body FROM comments c'
+            f' WHERE c.split = ? AND {_RESPONSE} AND c.id > ? ORDER BY c.id LIMIT ?',
+            (split, _depth_limit(max_depth), after_id, limit),
         ).fetchall()
 
-    def context(self, parent_id: int, max_turns: int) -> List[str]:
-        """The bodies of up to ``max_turns`` ancestors, oldest first."""
-        turns = []
-        current: Optional[int] = parent_id
-        while current is not None and len(turns) < max_turns:
+    def context(self, parent_id: Optional[int], link: int, max_turns: int) -> List[str]:
+        """The last ``max_turns`` turns (0: all) before a response, oldest first.
+
+        The turns are the bodies of its ancestors and, above them, the title
+        of the thread's submission when the dumps have it.
+        """
+        turns: List[str] = []
+
+        def room() -> bool:
+            return not max_turns or len(turns) < max_turns
+
+        current = parent_id
+        while current is not None and room():
             body, current = self.db.execute(
                 'SELECT body, parent FROM comments WHERE id = ?', (current,)
             ).fetchone()
             turns.append(body)
+        if current is None and room():
+            title = self.db.execute('SELECT body FROM submissions WHERE id = ?', (link,)).fetchone()
+            if title is not None and title[0] is not None:
+                turns.append(title[0])
         turns.reverse()
         return turns
 

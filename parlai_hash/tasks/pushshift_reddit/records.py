@@ -1,4 +1,4 @@
-"""One dump line -> one comment, or None when the line is not a usable comment.
+"""One dump line -> one comment (or submission), or None when the line is not usable.
 
 Reddit ids are base 36 (``c13``); the index stores them as integers, which
 are smaller and faster to join on than strings. ``t1_`` prefixes a comment
@@ -49,13 +49,49 @@ def _fullname(value: object, prefix: str) -> Optional[int]:
     return parse_base36(value[len(prefix) :])
 
 
-def parse_comment(line: bytes) -> Optional[Comment]:
-    """The comment on ``line``; None for bad JSON, bad UTF-8 or missing fields."""
+@dataclass(frozen=True)
+class Submission:
+    """A post (``RS_`` dumps): the root of the thread ``t3_<id>``."""
+
+    id: int
+    title: str
+    author: str
+    subreddit: str
+
+
+def _record(line: bytes) -> Optional[dict]:
     try:
         record = json.loads(line)
     except (ValueError, UnicodeDecodeError):
         return None
-    if not isinstance(record, dict):
+    return record if isinstance(record, dict) else None
+
+
+def _text(value: object) -> str:
+    return value if isinstance(value, str) else ''
+
+
+def parse_submission(line: bytes) -> Optional[Submission]:
+    """The submission on ``line``; None for bad JSON, bad UTF-8 or missing fields."""
+    record = _record(line)
+    if record is None:
+        return None
+    raw_id, title = record.get('id'), record.get('title')
+    submission_id = parse_base36(raw_id) if isinstance(raw_id, str) else None
+    if submission_id is None or not isinstance(title, str):
+        return None
+    return Submission(
+        id=submission_id,
+        title=title,
+        author=_text(record.get('author')),
+        subreddit=_text(record.get('subreddit')),
+    )
+
+
+def parse_comment(line: bytes) -> Optional[Comment]:
+    """The comment on ``line``; None for bad JSON, bad UTF-8 or missing fields."""
+    record = _record(line)
+    if record is None:
         return None
     raw_id = record.get('id')
     comment_id = parse_base36(raw_id) if isinstance(raw_id, str) else None
@@ -70,13 +106,11 @@ def parse_comment(line: bytes) -> Optional[Comment]:
         parent_id = _fullname(parent, 't1_')
         if parent_id is None:
             return None
-    author = record.get('author')
-    subreddit = record.get('subreddit')
     return Comment(
         id=comment_id,
         parent_id=parent_id,
         link_id=link_id,
         body=body,
-        author=author if isinstance(author, str) else '',
-        subreddit=subreddit if isinstance(subreddit, str) else '',
+        author=_text(record.get('author')),
+        subreddit=_text(record.get('subreddit')),
     )

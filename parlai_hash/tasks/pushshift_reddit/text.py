@@ -71,3 +71,8 @@ def is_garbled(text: str) -> bool:
     if visible >= 10 and visible - symbols < MIN_ALNUM_FRACTION * visible:
         return True
     return any(not has_url(run.group()) for run in _LONG_RUN.finditer(text))
+
+
+def starts_with_non_ascii(text: str) -> bool:
+    """The first character of a cleaned body is not ASCII (``“Quote``, ``Ça``, an emoji)."""
+    return bool(text) and not text[0].isascii()
