@@ -10,6 +10,9 @@
   ``tokenizers`` on a teacher's training text and writes the ``vocab.json`` and
   ``merges.txt`` that ``--dict-tokenizer bytelevelbpe --bpe-vocab --bpe-merge``
   loads. ParlAI adds its four special tokens, so its dictionary has 4 more.
+  ``--dict-class parlai_hash.dictionaries:TaskBpeDictionaryAgent`` makes
+  ``train_model`` train that BPE itself, on the task's training split, when the
+  files that ``--bpe-vocab``/``--bpe-merge`` name do not exist yet.
 """
 
 from __future__ import annotations
@@ -18,9 +21,10 @@ import copy
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Dict, Iterable, Iterator, List
+from typing import TYPE_CHECKING, Dict, Iterable, Iterator, List, Optional
 
 from parlai.core.agents import Agent
+from parlai.core.dict import DictionaryAgent
 from parlai.core.opt import Opt
 from parlai.utils import logging
 from parlai.utils.data import DatatypeHelper
@@ -34,6 +38,9 @@ if TYPE_CHECKING:
 BPE_FILES = ('vocab.json', 'merges.txt')
 #: Byte-level BPE starts from the 256 byte symbols; each merge adds one token.
 BYTE_ALPHABET = 256
+#: The paper's ~8k (ParlAI's dictionary adds 4 special tokens).
+DEFAULT_BPE_VOCAB_SIZE = 8000
+DEFAULT_BPE_MIN_FREQUENCY = 2
 
 
 @dataclass
@@ -147,22 +154,68 @@ class _Counting:
             yield text
 
 
-def build_bpe_dict(opt: Opt) -> BpeDictionary:
-    """Train a byte-level BPE on ``opt``'s task and write it to ``opt['out']``."""
-    vocab_size, min_frequency = opt['bpe_vocab_size'], opt['bpe_min_frequency']
-    check_bpe_options(vocab_size, min_frequency, opt.get('out'))
+def _train_and_save(opt: Opt, vocab_size: int, min_frequency: int, out_dir: Path) -> BpeDictionary:
     texts = _Counting(teacher_texts(opt))
     tokenizer = train_bytelevel_bpe(iter(texts), vocab_size, min_frequency)
     if not texts.count:
         raise OptionError(
             '--task', f"{opt['task']} gave no text for {opt['datatype']}", 'check the task and its data'
         )
-    bpe = save_bpe(tokenizer, Path(opt['out']).expanduser())
+    bpe = save_bpe(tokenizer, out_dir)
     if bpe.size < vocab_size:
         logging.warning(
             f'the text allows only {bpe.size} tokens (asked {vocab_size}): '
             f'no pair of symbols left occurs {min_frequency}+ times'
         )
     logging.info(f'trained on {texts.count} texts; wrote {bpe.vocab} ({bpe.size} tokens) and {bpe.merges}')
+    return bpe
+
+
+def build_bpe_dict(opt: Opt) -> BpeDictionary:
+    """Train a byte-level BPE on ``opt``'s task and write it to ``opt['out']``."""
+    vocab_size, min_frequency = opt['bpe_vocab_size'], opt['bpe_min_frequency']
+    check_bpe_options(vocab_size, min_frequency, opt.get('out'))
+    bpe = _train_and_save(opt, vocab_size, min_frequency, Path(opt['out']).expanduser())
     logging.info('use it with: ' + ' '.join(bpe.parlai_args()))
     return bpe
+
+
+def ensure_task_bpe(opt: Opt) -> Optional[BpeDictionary]:
+    """Train the BPE that ``--bpe-vocab``/``--bpe-merge`` name, if either file is missing.
+
+    It is trained as ``parlai build_bpe_dict`` would (8000 tokens, pairs seen
+    twice or more) on ``--task``'s training split, whatever ``-dt`` says, and
+    written where those options point. Returns None when both files exist.
+    """
+    given = {'--bpe-vocab': opt.get('bpe_vocab'), '--bpe-merge': opt.get('bpe_merge')}
+    for option, value in given.items():
+        if not value:
+            raise OptionError(option, 'not given', 'name the BPE files to use, or to build when missing: '
+                              '--bpe-vocab DIR/vocab.json --bpe-merge DIR/merges.txt')
+    vocab, merges = (Path(v).expanduser() for v in given.values())
+    if vocab.is_file() and merges.is_file():
+        return None
+    # The trainer writes both files into one folder under fixed names.
+    if (vocab.name, merges.name) != BPE_FILES or vocab.parent != merges.parent:
+        raise OptionError('--bpe-merge', f'cannot build {vocab} and {merges}: the trainer writes '
+                          'vocab.json and merges.txt into one folder',
+                          'point --bpe-vocab and --bpe-merge at DIR/vocab.json and DIR/merges.txt')
+    train = copy.deepcopy(opt)
+    train['datatype'] = 'train'
+    logging.info(f'{vocab} or {merges} is missing: training a byte-level BPE on {opt["task"]} (train)')
+    return _train_and_save(train, DEFAULT_BPE_VOCAB_SIZE, DEFAULT_BPE_MIN_FREQUENCY, vocab.parent)
+
+
+class TaskBpeDictionaryAgent(DictionaryAgent):
+    """ParlAI's dictionary; with ``--dict-tokenizer bytelevelbpe`` it first builds
+    missing BPE files (:func:`ensure_task_bpe`).
+
+    For ``--dict-class parlai_hash.dictionaries:TaskBpeDictionaryAgent``, the
+    class ParlAI's ``build_dict`` (run by ``train_model`` before the model) uses;
+    the model then loads the files with ParlAI's own dictionary.
+    """
+
+    def __init__(self, opt: Opt, shared: Optional[Dict] = None):
+        if shared is None and opt.get('dict_tokenizer') == 'bytelevelbpe':
+            ensure_task_bpe(opt)
+        super().__init__(opt, shared)

@@ -107,7 +107,7 @@ def test_files_placed_in_the_datapath_are_used_without_download(tmp_path):
     folder = tmp_path / 'wikitext103' / 'wikitext-103'
     folder.mkdir(parents=True)
     shutil.copy(FIXTURE_DIR / 'wiki.valid.tokens', folder)
-    valid = messages('-dt', 'valid', datapath=tmp_path)
+    valid = messages('-dt', 'valid', '--wikitext-unit', 'chunk', datapath=tmp_path)
     assert len(valid) == 12  # every fixture article fits in one default 256-token chunk
     assert valid[0]['eval_labels'][0].startswith('<eos> = Lake Vostrava = <eos> <eos> Lake Vostrava is')
 
@@ -123,7 +123,8 @@ def test_display_data_on_real_wikitext_103_and_one_line_error_for_a_missing_spli
     assert proc.returncode == 0, proc.stderr[-2000:]
     shown = proc.stdout[proc.stdout.index('NEW EPISODE'):]
     assert shown.count('NEW EPISODE: wikitext103') == 2
-    assert '= Homarus gammarus = <eos> <eos> Homarus gammarus , known as the European lobster' in shown
+    # Sentences by default: the title, then the first sentence with the title as its input.
+    assert '= Homarus gammarus = <eos> <eos>\n   Homarus gammarus , known as the European lobster' in shown
 
     proc = run_parlai('display_data', '-t', 'wikitext103', '--wikitext-dir', str(WT103_DIR),
                       '--datapath', str(tmp_path), env=cli_env)
@@ -161,7 +162,7 @@ def test_download_is_checked_extracted_and_published_in_place(tmp_path, monkeypa
     served = serve_archive(tmp_path, monkeypatch)
     monkeypatch.setattr(build.ARCHIVE, 'hashcode', hashlib.sha256(served.read_bytes()).hexdigest())
     datapath = tmp_path / 'data'
-    assert len(messages('-dt', 'test', datapath=datapath)) == 12
+    assert len(messages('-dt', 'test', '--wikitext-unit', 'chunk', datapath=datapath)) == 12
     root = datapath / 'wikitext103'
     assert sorted(p.name for p in root.iterdir()) == ['wikitext-103']  # archive and staging gone
     assert sorted(p.name for p in (root / 'wikitext-103').iterdir()) == [

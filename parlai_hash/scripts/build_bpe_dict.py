@@ -16,6 +16,7 @@ from typing import Optional
 from parlai.core.params import ParlaiParser
 from parlai.core.script import ParlaiScript, register_script
 
+from parlai_hash.dictionaries import DEFAULT_BPE_MIN_FREQUENCY, DEFAULT_BPE_VOCAB_SIZE
 from parlai_hash.errors import OptionError, install_excepthook
 
 install_excepthook()
@@ -26,9 +27,9 @@ def setup_args() -> ParlaiParser:
     group = parser.add_argument_group('Byte-level BPE')
     group.add_argument('--out', type=str, default=None,
                        help='Folder to write vocab.json and merges.txt into.')
-    group.add_argument('--bpe-vocab-size', type=int, default=8000,
+    group.add_argument('--bpe-vocab-size', type=int, default=DEFAULT_BPE_VOCAB_SIZE,
                        help='Tokens in vocab.json: 256 bytes plus the merges (paper: ~8k).')
-    group.add_argument('--bpe-min-frequency', type=int, default=2,
+    group.add_argument('--bpe-min-frequency', type=int, default=DEFAULT_BPE_MIN_FREQUENCY,
                        help='A pair of symbols is merged only if it occurs this often.')
     parser.set_defaults(datatype='train')
     return parser

@@ -1,4 +1,5 @@
-"""``-t wikitext103``: WikiText-103 language modelling as (previous chunk -> chunk).
+"""``-t wikitext103``: WikiText-103 language modelling as (previous sentence -> sentence),
+or (previous chunk -> chunk) with ``--wikitext-unit chunk``.
 
 Reads ``wiki.{train,valid,test}.tokens`` from ``--wikitext-dir``, or from
 ``<datapath>/wikitext103/wikitext-103/``, downloading the official archive
@@ -23,7 +24,13 @@ from parlai.utils.data import DatatypeHelper
 from parlai_hash.errors import OptionError, install_excepthook
 from parlai_hash.tasks.wikitext103 import build
 from parlai_hash.tasks.wikitext103.articles import read_articles
-from parlai_hash.tasks.wikitext103.examples import CONTEXT_MODES, CONTEXT_PREV, article_examples
+from parlai_hash.tasks.wikitext103.examples import CONTEXT_MODES, CONTEXT_PREV
+from parlai_hash.tasks.wikitext103.settings import (
+    DEFAULT_CHUNK_TOKENS,
+    DEFAULT_SENTENCE_TOKENS,
+    UNITS,
+    example_settings,
+)
 from parlai_hash.tasks.wikitext103.splits import (
     CARVE_PATTERN,
     SPLITS,
@@ -34,8 +41,6 @@ from parlai_hash.tasks.wikitext103.splits import (
 )
 
 install_excepthook()
-
-DEFAULT_CHUNK_TOKENS = 256
 
 
 class Wikitext103Teacher(DialogTeacher):
@@ -53,17 +58,41 @@ class Wikitext103Teacher(DialogTeacher):
             'Default: <datapath>/wikitext103/wikitext-103, downloaded if missing.',
         )
         group.add_argument(
+            '--wikitext-unit',
+            choices=UNITS,
+            default=None,
+            help='Label of each example: one sentence of an article (sentence), or a fixed '
+            'chunk of it (chunk). Default: sentence, or chunk when --wikitext-chunk-tokens '
+            'is given.',
+        )
+        group.add_argument(
             '--wikitext-context',
             choices=CONTEXT_MODES,
             default=CONTEXT_PREV,
-            help='Input of each example: the previous chunk of the same article (prev), '
-            'or nothing (none; the input is then a lone <eos>).',
+            help='Input of each example: the previous sentence or chunk of the same article '
+            '(prev), or nothing (none; the input is then a lone <eos>).',
+        )
+        group.add_argument(
+            '--wikitext-context-tokens',
+            type=int,
+            default=0,
+            help='With --wikitext-context prev: also older sentences or chunks of the article, '
+            'whole ones, while the input stays within this many dataset tokens '
+            '(0: the previous one only).',
+        )
+        group.add_argument(
+            '--wikitext-sentence-tokens',
+            type=int,
+            default=None,
+            help='Sentence unit: a longer sentence is cut into near-equal pieces of at most '
+            f'this many dataset tokens (default {DEFAULT_SENTENCE_TOKENS}).',
         )
         group.add_argument(
             '--wikitext-chunk-tokens',
             type=int,
-            default=DEFAULT_CHUNK_TOKENS,
-            help='Label length, in dataset tokens (words and <eos>, whatever the dictionary).',
+            default=None,
+            help='Chunk unit: label length in dataset tokens (words and <eos>, whatever the '
+            f'dictionary; default {DEFAULT_CHUNK_TOKENS}). Giving it selects the chunk unit.',
         )
         group.add_argument(
             '--wikitext-carve-from',
@@ -79,19 +108,14 @@ class Wikitext103Teacher(DialogTeacher):
         opt = copy.deepcopy(opt)
         self.id = 'wikitext103'
         self.split = DatatypeHelper.fold(opt['datatype'])
-        self.context = opt.get('wikitext_context') or CONTEXT_PREV
-        self.chunk_tokens = opt.get('wikitext_chunk_tokens', DEFAULT_CHUNK_TOKENS)
+        self.settings = example_settings(opt)
         self.carve_from = opt.get('wikitext_carve_from')
-        if self.chunk_tokens < 1:
-            raise OptionError(
-                '--wikitext-chunk-tokens',
-                f'got {self.chunk_tokens}, need at least 1 token per example',
-                f'pass a positive length such as {DEFAULT_CHUNK_TOKENS}',
-            )
         if not shared:
             opt['datafile'] = str(self._locate(opt))
             how = f'carved {self.split} articles from' if self.carve_from else 'reading'
-            logging.info(f'wikitext103 {self.split}: {how} {opt["datafile"]}')
+            logging.info(
+                f'wikitext103 {self.split}: {self.settings.describe()}; {how} {opt["datafile"]}'
+            )
         self._stream_examples: Optional[int] = None
         super().__init__(opt, shared)
 
@@ -111,7 +135,7 @@ class Wikitext103Teacher(DialogTeacher):
                 articles += 1
                 if self.carve_from and carved_split(index) != self.split:
                     continue
-                for message in article_examples(article, self.chunk_tokens, self.context):
+                for message in self.settings.examples(article):
                     produced += 1
                     yield message, True
         if not produced:
@@ -129,7 +153,7 @@ class Wikitext103Teacher(DialogTeacher):
         raise OptionError('--wikitext-dir', f'{path} holds no text', 'check the file')
 
     # In stream mode ParlAI would count examples by writing '<datafile>.lengths'
-    # beside the data (wrong once the chunk options change, and impossible in a
+    # beside the data (wrong once the unit options change, and impossible in a
     # read-only folder); count with one pass instead. One example per episode.
     def num_examples(self) -> int:
         if not self.stream:
