@@ -13,6 +13,15 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / 'shared'
 SHARED_DATA = SHARED / 'data'
+#: The two complete comment months of the shared pushshift dumps.
+REDDIT_MONTHS = ('RC_2005-12', 'RC_2006-01')
+
+
+def link_reddit_months(folder: Path) -> Path:
+    """``folder`` holding the shared comment months as pushshift publishes them (.zst), nothing else."""
+    for month in REDDIT_MONTHS:
+        os.symlink(SHARED_DATA / 'reddit' / f'{month}.zst', folder / f'{month}.zst')
+    return folder
 PARLAI = str(Path(sys.executable).with_name('parlai'))
 
 TINY_MODEL_ARGS = [

@@ -20,6 +20,7 @@ from typing import Dict, List, Optional
 import pytest
 import zstandard
 
+from conftest import link_reddit_months
 from parlai_hash.dictionaries import save_bpe, train_bytelevel_bpe
 from parlai_hash.tasks.pushshift_reddit.build import BuildResult, ensure_built
 from parlai_hash.tasks.pushshift_reddit.config import config_from_opt
@@ -109,11 +110,7 @@ def raw() -> Raw:
 
 @pytest.fixture(scope='module')
 def months(tmp_path_factory) -> Path:
-    """The two comment months as pushshift publishes them (.zst), nothing else."""
-    folder = tmp_path_factory.mktemp('months')
-    for month in MONTHS:
-        os.symlink(REDDIT / f'{month}.zst', folder / f'{month}.zst')
-    return folder
+    return link_reddit_months(tmp_path_factory.mktemp('months'))
 
 
 @pytest.fixture(scope='module')

@@ -18,7 +18,7 @@ from typing import Dict, List
 
 import pytest
 
-from conftest import PARLAI, TINY_MODEL_ARGS
+from conftest import PARLAI, TINY_MODEL_ARGS, link_reddit_months
 from parlai_hash.errors import OptionError
 from parlai_hash.tasks.pushshift_reddit.build import BuildResult, ensure_built
 from parlai_hash.tasks.pushshift_reddit.config import config_from_opt
@@ -66,11 +66,7 @@ def raw_comments(month: str) -> Dict[str, dict]:
 
 @pytest.fixture(scope='module')
 def zst_only(tmp_path_factory) -> Path:
-    """The two months exactly as pushshift publishes them (.zst), nothing else."""
-    folder = tmp_path_factory.mktemp('zst_only')
-    for month in MONTHS:
-        os.symlink(REDDIT / f'{month}.zst', folder / f'{month}.zst')
-    return folder
+    return link_reddit_months(tmp_path_factory.mktemp('zst_only'))
 
 
 @pytest.fixture(scope='module')
