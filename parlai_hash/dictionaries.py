@@ -38,8 +38,8 @@ if TYPE_CHECKING:
 BPE_FILES = ('vocab.json', 'merges.txt')
 #: Byte-level BPE starts from the 256 byte symbols; each merge adds one token.
 BYTE_ALPHABET = 256
-#: The paper's ~8k (ParlAI's dictionary adds 4 special tokens).
-DEFAULT_BPE_VOCAB_SIZE = 8000
+#: BlenderBot's dictionary, the paper's 8,008 tokens: 8,004 BPE tokens + ParlAI's 4 special ones.
+DEFAULT_BPE_VOCAB_SIZE = 8004
 DEFAULT_BPE_MIN_FREQUENCY = 2
 
 
@@ -135,7 +135,7 @@ def check_bpe_options(vocab_size: int, min_frequency: int, out: str) -> None:
         raise OptionError(
             '--bpe-vocab-size',
             f'got {vocab_size}, but the {BYTE_ALPHABET} byte symbols alone fill that',
-            'ask for more, such as the paper\'s 8000',
+            'ask for more, such as the paper\'s 8004 (8008 with ParlAI\'s special tokens)',
         )
     if min_frequency < 1:
         raise OptionError('--bpe-min-frequency', f'got {min_frequency}', 'pass 1 or more')
@@ -183,7 +183,7 @@ def build_bpe_dict(opt: Opt) -> BpeDictionary:
 def ensure_task_bpe(opt: Opt) -> Optional[BpeDictionary]:
     """Train the BPE that ``--bpe-vocab``/``--bpe-merge`` name, if either file is missing.
 
-    It is trained as ``parlai build_bpe_dict`` would (8000 tokens, pairs seen
+    It is trained as ``parlai build_bpe_dict`` would (8004 tokens, pairs seen
     twice or more) on ``--task``'s training split, whatever ``-dt`` says, and
     written where those options point. Returns None when both files exist.
     """

@@ -1,6 +1,6 @@
 """``parlai build_bpe_dict``: the paper's ~8k byte-level BPE, trained on a task.
 
-    parlai build_bpe_dict -t wikitext103 --bpe-vocab-size 8000 --out DIR
+    parlai build_bpe_dict -t wikitext103 --bpe-vocab-size 8004 --out DIR
 
 writes ``DIR/vocab.json`` and ``DIR/merges.txt``; train with
 ``--dict-tokenizer bytelevelbpe --bpe-vocab DIR/vocab.json --bpe-merge DIR/merges.txt``.

@@ -37,11 +37,12 @@ from parlai_hash.sweeps.spec import Point, Sweep, format_value, load_sweep
 BLOCKS = ('details', 'usage', 'evaluation', 'expert_load', 'hyperparameters')
 _BLOCK = re.compile(r'(<!-- generated:(\w+) -->\n)(.*?)(<!-- /generated:\2 -->)', re.S)
 #: Options shown in the details list, by what they say about the model.
-_ARCHITECTURE = ('n_encoder_layers', 'n_decoder_layers', 'embedding_size', 'ffn_size', 'n_heads')
+_ARCHITECTURE = ('n_encoder_layers', 'n_decoder_layers', 'embedding_size', 'ffn_size', 'n_heads', 'variant',
+                 'n_positions', 'learn_positional_embeddings')
 _ROUTING = ('num_experts', 'hash_layers', 'hash_type', 'multihash', 'hash_per_layer', 'load_balance_weight',
-            'capacity_factor', 'switch_input', 'base_auction_eps')
-_DATA = ('task', 'wikitext_dir', 'wikitext_carve_from', 'wikitext_chunk_tokens', 'wikitext_context',
-         'reddit_dump_dir', 'dict_tokenizer', 'bpe_vocab')
+            'router_bias', 'capacity_factor', 'switch_input', 'base_auction_eps')
+_DATA = ('task', 'wikitext_dir', 'wikitext_carve_from', 'wikitext_unit', 'wikitext_chunk_tokens', 'wikitext_context',
+         'reddit_dump_dir', 'reddit_rules', 'dict_tokenizer', 'bpe_vocab')
 
 
 @dataclass

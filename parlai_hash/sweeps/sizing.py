@@ -29,7 +29,8 @@ META_THRESHOLD = 1 << 18
 _FACTORIES = (torch.empty, torch.zeros, torch.ones, torch.randn, torch.rand)
 #: Options that only matter for training or need files; never the parameter count.
 _SIZING_DROP = {'init_model', 'dict_file', 'model_file', 'hash_predictor_model_file', 'hash_cluster_model_file',
-                'freeze', 'dict_tokenizer', 'bpe_vocab', 'bpe_merge', 'dict_lower', 'dict_maxtokens', 'dict_minfreq'}
+                'freeze', 'dict_tokenizer', 'bpe_vocab', 'bpe_merge', 'dict_lower', 'dict_maxtokens', 'dict_minfreq',
+                'dict_class'}
 
 
 class _LargeTensorsOnMeta(TorchFunctionMode):
