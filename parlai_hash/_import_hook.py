@@ -10,7 +10,8 @@ neither torch nor ParlAI. The finder
   object, so classes are not duplicated), and
 * runs a hook right after some ParlAI modules are imported: the
   ``parlai_hash.compat`` fixes, and the registration of our ``parlai <command>``
-  scripts when ParlAI sets up its script registry.
+  scripts when ParlAI sets up its script registry; and one just before ParlAI
+  itself is first imported (a warnings filter for ParlAI's ``pkg_resources``).
 """
 
 from __future__ import annotations
@@ -42,9 +43,23 @@ AFTER_IMPORT = {
     'parlai.utils.distributed': 'parlai_hash.compat:patch_module',
     'parlai.core.torch_generator_agent': 'parlai_hash.compat:patch_module',
     'parlai.utils.fsdp': 'parlai_hash.compat:patch_module',
+    'parlai.core.opt': 'parlai_hash.compat:patch_module',
+    'parlai.core.agents': 'parlai_hash.compat:patch_module',
+    'parlai.scripts.multiprocessing_train': 'parlai_hash.compat:patch_module',
+    'parlai.scripts.build_dict': 'parlai_hash.compat:patch_module',
     'parlai.core.script': 'parlai_hash.scripts:extend_registry',
     'parlai.scripts.train_model': 'parlai_hash.train_hooks:extend_train_loop',
 }
+
+
+#: "our_module:function()" run once, just before ParlAI itself is first imported:
+#: what must be in place before any ParlAI module runs (a warnings filter).
+BEFORE_PARLAI = 'parlai_hash.compat:silence_pkg_resources_warning'
+
+
+def _call(target: str, *args) -> None:
+    module, func = target.split(':')
+    getattr(importlib.import_module(module), func)(*args)
 
 
 def alias_target(fullname: str) -> Optional[str]:
@@ -82,8 +97,7 @@ class _AfterImportLoader(importlib.abc.Loader):
 
     def exec_module(self, module):
         self.loader.exec_module(module)
-        target, func = AFTER_IMPORT[self.name].split(':')
-        getattr(importlib.import_module(target), func)(self.name, module)
+        _call(AFTER_IMPORT[self.name], self.name, module)
 
     def __getattr__(self, attr):
         return getattr(self.loader, attr)
@@ -91,6 +105,9 @@ class _AfterImportLoader(importlib.abc.Loader):
 
 class ParlaiHashFinder(importlib.abc.MetaPathFinder):
     def find_spec(self, fullname, path, target=None):
+        if fullname == 'parlai':
+            _call(BEFORE_PARLAI)  # then the normal finders import ParlAI
+            return None
         if not fullname.startswith('parlai.'):
             return None
         aliased = alias_target(fullname)

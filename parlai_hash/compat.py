@@ -19,6 +19,22 @@ CPU multiprocessing (``multiprocessing_train`` with gloo), when CUDA is absent:
 | parlai.core.torch_generator_agent | DDP(device_ids=[opt['gpu']]) = [-1] on CPU     | ``[-1]`` with CPU parameters -> ``None`` |
 | parlai.utils.fsdp        | Join's ``join_device`` is the int -1                    | ``torch.device('cpu')`` for -1      |
 
+Tracebacks on common mistakes, made one line naming the option and the fix
+(``parlai_hash.errors.OptionError``):
+
+| parlai.core.opt          | a cut-short or damaged ``.opt``: JSONDecodeError while | ``--model-file`` (or the option naming |
+|                          | the arguments are parsed                                | the file): damaged; restore or retrain |
+| parlai.core.agents       | ``-mf`` missing (eval_model, interactive, ...) or a     | ``--model-file``: missing / a folder,  |
+|                          | folder: RuntimeError                                    | with the model files found near it     |
+| parlai.scripts.multiprocessing_train | our agents without a dictionary: "Dictionaries | built in the main process before the  |
+|                          | should be pre-built" from the workers                   | workers start, as train_model would    |
+|                          |                                                         | (our agents' option checks run there)  |
+| parlai.scripts.build_dict | the same inside ``distributed_train`` (our agents)     | ``--dict-file``: the build_dict command |
+
+Before ParlAI is first imported, the hook also filters out the ``pkg_resources is
+deprecated`` UserWarning that ``parlai.core.opt`` triggers in every process
+(setuptools<81 is pinned on purpose): that message from ParlAI's modules only.
+
 The fused-Adam entry is speed, not a breakage: with K experts a sparse model has K
 times the FFN parameters, and on CPU the unfused Adam step over them cost as
 much as the forward pass. It applies to every ParlAI agent (dense baselines
@@ -27,9 +43,10 @@ too), so comparisons stay fair; the update is the same algorithm.
 
 from __future__ import annotations
 
+import os
 import sys
 from types import ModuleType
-from typing import Callable, Dict
+from typing import Callable, Dict, List, Optional
 
 _MARK = '_parlai_hash_compat'
 
@@ -199,6 +216,215 @@ def _fix_join_device(module: ModuleType) -> None:
         cls.join_device = property(join_device)
 
 
+# ------------------------------------------------ one-line errors instead of tracebacks
+
+#: ParlAI's ``setuptools`` warning, printed by every command (and every worker):
+#: setuptools<81 is pinned on purpose, since ParlAI needs ``pkg_resources``.
+PKG_RESOURCES_WARNING = r'pkg_resources is deprecated as an API\.'
+
+
+def silence_pkg_resources_warning() -> None:
+    """Hide exactly ParlAI's ``pkg_resources is deprecated`` UserWarning.
+
+    Called by the import hook just before ParlAI is first imported. The filter
+    matches that message raised from a ``parlai.`` module, so the same warning
+    caused by other code, and every other warning, still shows.
+    """
+    import warnings
+
+    warnings.filterwarnings('ignore', message=PKG_RESOURCES_WARNING, category=UserWarning,
+                            module=r'parlai\.')
+
+
+def _option_error(option: str, problem: str, fix: str) -> Exception:
+    # Imported here: compat loads with ParlAI modules, errors with it; the hook
+    # makes an uncaught OptionError print as one line.
+    from parlai_hash.errors import OptionError, install_excepthook
+
+    install_excepthook()
+    return OptionError(option, problem, fix)
+
+
+#: ParlAI options that name a file whose ``.opt`` (suffix) ParlAI reads.
+_OPT_FILE_OPTIONS = {
+    ('-mf', '--model-file'): '.opt',
+    ('-im', '--init-model'): '.opt',
+    ('-o', '--init-opt'): '',
+    ('-df', '--dict-file'): '.opt',
+}
+
+
+def _option_naming(path: str, argv: Optional[List[str]] = None) -> str:
+    """The command-line option whose value (plus its suffix) is ``path``; else ``--model-file``."""
+    argv = sys.argv if argv is None else argv
+    target = os.path.abspath(path)
+    for i, arg in enumerate(argv):
+        for names, suffix in _OPT_FILE_OPTIONS.items():
+            for name in names:
+                if arg == name and i + 1 < len(argv):
+                    value = argv[i + 1]
+                elif arg.startswith(name + '='):
+                    value = arg[len(name) + 1:]
+                else:
+                    continue
+                if os.path.abspath(value + suffix) == target:
+                    return names[-1]
+    return '--model-file'
+
+
+def _fix_damaged_opt_file(module: ModuleType) -> None:
+    cls = module.Opt
+    original = cls.__dict__['load'].__func__
+    if getattr(original, _MARK, False):
+        return
+    import pickle
+
+    def load(klass, optfile):
+        try:
+            return original(klass, optfile)
+        except (ValueError, EOFError, pickle.UnpicklingError) as err:
+            # ValueError covers json's JSONDecodeError: a file cut short by a
+            # crash or a full disk while ParlAI wrote it.
+            raise _option_error(
+                _option_naming(optfile),
+                f"{optfile} is cut short or damaged ({type(err).__name__}: {err})",
+                "restore it from a copy, or train the model again (train_model writes the "
+                ".opt file next to the model each time it saves)",
+            ) from None
+
+    load.__doc__ = original.__doc__
+    setattr(load, _MARK, True)
+    cls.load = classmethod(load)
+
+
+def model_files_in(folder: str, limit: int = 3) -> List[str]:
+    """Up to ``limit`` ParlAI model files in ``folder``: files with a ``.opt`` beside them."""
+    try:
+        names = sorted(os.listdir(folder))
+    except OSError:
+        return []
+    present = set(names)
+    found = [os.path.join(folder, n) for n in names
+             if n + '.opt' in present and not n.endswith('.dict')  # a dictionary has one too
+             and os.path.isfile(os.path.join(folder, n))]
+    return found[:limit]
+
+
+def check_model_file(path: Optional[str], must_exist: bool) -> None:
+    """Raise a one-line OptionError for a ``--model-file`` that is a folder, or
+    missing when ``must_exist`` (evaluation, chat). Model-zoo names are left to ParlAI."""
+    if not path or path.startswith(('zoo:', 'izoo:', 'models:')) or '://' in path:
+        return  # unset, a model-zoo name or a URI: ParlAI resolves (and downloads) these
+    if os.path.isdir(path):
+        problem, where = f"{path} is a folder, not a model file", 'inside it'
+        candidates = model_files_in(path)
+    elif must_exist and not os.path.exists(path):
+        problem, where = f"{path} does not exist", 'next to it'
+        candidates = model_files_in(os.path.dirname(path) or '.')
+    else:
+        return
+    if candidates:
+        fix = f"pass a model file, e.g. the one{'s' if len(candidates) > 1 else ''} {where}: " + \
+            ' or '.join(f'-mf {c}' for c in candidates)
+    else:
+        fix = "pass the file that train_model wrote with -mf (its .opt file sits beside it)"
+    raise _option_error('--model-file', problem, fix)
+
+
+def _fix_model_file_errors(module: ModuleType) -> None:
+    original = module.create_agent
+    if getattr(original, _MARK, False):
+        return
+
+    def create_agent(opt, requireModelExists=False):
+        # ParlAI raises a RuntimeError for a missing file, and for a folder falls
+        # through to "Need to set `model`" (or a load error): say what is wrong.
+        check_model_file(opt.get('model_file'), must_exist=requireModelExists)
+        return original(opt, requireModelExists)
+
+    create_agent.__doc__ = original.__doc__
+    setattr(create_agent, _MARK, True)
+    module.create_agent = create_agent
+
+
+def uses_our_agent(opt) -> bool:
+    """Whether ``opt`` (``-m``, or the model file's ``.opt``) names one of our agents."""
+    from parlai.core.params import get_model_name
+
+    from parlai_hash._import_hook import ALIASES
+
+    ours = {alias.rsplit('.', 1)[1] for alias in ALIASES if alias.startswith('parlai.agents.')}
+    name = get_model_name(opt) or ''
+    if name.startswith('parlai_hash.'):
+        return True  # the full path, -m parlai_hash.agents....:Agent
+    if name.startswith('parlai.agents.'):
+        name = name[len('parlai.agents.'):]
+    return name.split('/')[0].split(':')[0].split('.')[0] in ours
+
+
+def build_dictionary_first(opt) -> None:
+    """Build the dictionary the way ``TrainLoop`` would, in this process (no-op if built)."""
+    if 'dict_file' not in opt:
+        return
+    if opt['dict_file'] is None and opt.get('model_file'):
+        opt['dict_file'] = opt['model_file'] + '.dict'  # where TrainLoop will look for it
+    from parlai.scripts.build_dict import build_dict
+
+    build_dict(opt, skip_if_built=True)
+
+
+def _fix_dictionary_before_workers(module: ModuleType) -> None:
+    original = module.launch_and_train
+    if getattr(original, _MARK, False):
+        return
+
+    def launch_and_train(opt, port=None):
+        if uses_our_agent(opt):
+            from parlai_hash.agents.option_checks import check_training_options
+            from parlai_hash.errors import install_excepthook
+
+            # A bad option stops here with one line, not once per worker.
+            install_excepthook()
+            check_training_options(opt)
+            # Every worker's TrainLoop calls build_dict, which ParlAI refuses
+            # inside distributed training; before the workers start it is allowed.
+            build_dictionary_first(opt)
+        return original(opt, port)
+
+    launch_and_train.__doc__ = original.__doc__
+    setattr(launch_and_train, _MARK, True)
+    module.launch_and_train = launch_and_train
+
+
+#: ParlAI's message when a distributed run lacks its dictionary.
+NOT_PREBUILT = 'Dictionaries should be pre-built before distributed train.'
+
+
+def _fix_dictionary_in_distributed(module: ModuleType) -> None:
+    original = module.build_dict
+    if getattr(original, _MARK, False):
+        return
+
+    def build_dict(opt, skip_if_built=False):
+        try:
+            return original(opt, skip_if_built)
+        except ValueError as err:
+            # Reached by distributed_train (multiprocessing_train builds first).
+            if str(err) != NOT_PREBUILT or not uses_our_agent(opt):
+                raise
+            raise _option_error(
+                '--dict-file',
+                f"{opt['dict_file']} does not exist, and ParlAI builds no dictionary inside "
+                "distributed training",
+                f"build it first with the same task and --dict-* options: parlai build_dict "
+                f"-t {opt.get('task')} --dict-file {opt['dict_file']}",
+            ) from None
+
+    build_dict.__doc__ = original.__doc__
+    setattr(build_dict, _MARK, True)
+    module.build_dict = build_dict
+
+
 #: ParlAI module name -> the fix applied right after it is imported.
 FIXES: Dict[str, Callable[[ModuleType], None]] = {
     'parlai.nn.lr_scheduler': _fix_reduce_on_plateau,
@@ -207,6 +433,10 @@ FIXES: Dict[str, Callable[[ModuleType], None]] = {
     'parlai.utils.distributed': _fix_distributed_on_cpu,
     'parlai.core.torch_generator_agent': _fix_ddp_device_ids,
     'parlai.utils.fsdp': _fix_join_device,
+    'parlai.core.opt': _fix_damaged_opt_file,
+    'parlai.core.agents': _fix_model_file_errors,
+    'parlai.scripts.multiprocessing_train': _fix_dictionary_before_workers,
+    'parlai.scripts.build_dict': _fix_dictionary_in_distributed,
 }
 
 

@@ -1,11 +1,29 @@
 """The real ``parlai`` entry point resolves ``-m hash_generator`` and our errors."""
 
+import os
+import shutil
+
 import pytest
 
 from conftest import TINY_MODEL_ARGS
 from conftest import run_parlai as parlai
 
 
+def plain_env():
+    """The command's environment with Python's default warnings shown, one thread a process
+    (tiny models: more threads only contend, the more so with several workers)."""
+    env = dict(os.environ, OMP_NUM_THREADS='1')
+    env.pop('PYTHONWARNINGS', None)
+    return env
+
+
+def one_error_line(proc) -> str:
+    """The one ``parlai-hash: error:`` line of a command that failed without a traceback."""
+    assert proc.returncode != 0
+    assert 'Traceback' not in proc.stderr, proc.stderr[-3000:]
+    lines = [line for line in proc.stderr.splitlines() if line.startswith('parlai-hash: error:')]
+    assert len(lines) == 1, proc.stderr[-3000:]
+    return lines[0]
 
 
 @pytest.fixture(scope='module')
@@ -57,6 +75,9 @@ def test_display_data_works_in_the_same_environment():
                            'number of hashes that divides both --embedding-size 16 and --ffn-size 32'),
     (['-m', 'switch_generator', '--router-jitter', '1.5'], '--router-jitter: got 1.5'),
     (['-m', 'switch_generator', '--router-jitter', '1'], '--router-jitter: got 1.0'),
+    # ParlAI's KeyError: 'accuracy' at the first validation otherwise
+    (['--skip-generation', 'true', '-vtim', '30'], "--validation-metric: 'accuracy' is computed "
+                                                   "from generated replies"),
 ])
 def test_bad_options_give_one_line_naming_the_option(tmp_path, args, option):
     proc = parlai('train_model', '-m', 'hash_generator', '-t', 'integration_tests:nocandidate',
@@ -97,3 +118,45 @@ def test_unknown_hash_type_is_an_argument_error(tmp_path):
                   '-mf', str(tmp_path / 'm'), '--hash-type', 'nope', check=False)
     assert proc.returncode != 0 and 'Traceback' not in proc.stderr
     assert "argument --hash-type: invalid choice: 'nope'" in proc.stdout + proc.stderr
+
+
+def test_multiprocessing_train_builds_the_dictionary_first_and_prints_no_pkg_resources_warning(tmp_path):
+    # ParlAI alone: "Dictionaries should be pre-built" from the workers, and the
+    # setuptools warning once per process.
+    mf = tmp_path / 'm'
+    proc = parlai('multiprocessing_train', '--distributed-world-size', '2', '-m', 'hash_generator',
+                  '-t', 'integration_tests:nocandidate', '-mf', str(mf), *TINY_MODEL_ARGS,
+                  '-bs', '4', '--max-train-steps', '2', '--skip-generation', 'true',
+                  '--validation-max-exs', '4', '--short-final-eval', 'true',
+                  env=plain_env(), cwd=tmp_path)
+    log = proc.stdout + proc.stderr
+    assert (tmp_path / 'm.dict').exists() and mf.exists() and 'gloo' in log
+    assert 'Traceback' not in log and 'pkg_resources' not in log
+
+
+@pytest.mark.parametrize('command', ['eval_model', 'interactive'])
+def test_missing_model_file_is_one_line(tmp_path, command):
+    proc = parlai(command, '-mf', str(tmp_path / 'nope' / 'model'), '-t', 'integration_tests:nocandidate',
+                  check=False, stdin='[EXIT]\n', env=plain_env())
+    assert one_error_line(proc).startswith(
+        f"parlai-hash: error: --model-file: {tmp_path / 'nope' / 'model'} does not exist; ")
+
+
+def test_model_file_that_is_a_folder_is_one_line_naming_the_model_inside(model_file):
+    folder = os.path.dirname(model_file)
+    proc = parlai('eval_model', '-mf', folder, '-t', 'integration_tests:nocandidate',
+                  check=False, env=plain_env())
+    line = one_error_line(proc)
+    assert line.startswith(f'parlai-hash: error: --model-file: {folder} is a folder, not a model file; ')
+    assert line.endswith(f'-mf {model_file}')
+
+
+def test_truncated_opt_file_is_one_line(tmp_path, model_file):
+    for suffix in ('', '.dict'):
+        shutil.copy(model_file + suffix, tmp_path / f'm{suffix}')
+    text = open(model_file + '.opt').read()
+    (tmp_path / 'm.opt').write_text(text[: len(text) // 2])  # a crash mid-write
+    proc = parlai('eval_model', '-mf', str(tmp_path / 'm'), '-t', 'integration_tests:nocandidate',
+                  check=False, env=plain_env())
+    assert one_error_line(proc).startswith(
+        f"parlai-hash: error: --model-file: {tmp_path / 'm.opt'} is cut short or damaged (")

@@ -19,11 +19,13 @@ from parlai.utils import logging as logger  # ParlAI's log: shown at its --logle
 from parlai_hash import compat
 from parlai_hash.agents import expert_sharding as sharding
 from parlai_hash.agents.checkpoint_fit import check_checkpoint_fits
+from parlai_hash.agents.option_checks import check_training_options
 from parlai_hash.errors import OptionError, install_excepthook
 from parlai_hash.freezing import FREEZE_MODES, apply_freeze
 from parlai_hash.layers import SparseTransformerModel
 from parlai_hash.metrics import load_metrics
 from parlai_hash.options import SparsePlacement, n_decoder_layers
+from parlai_hash.train_hooks import building_train_loop
 
 compat.apply_loaded()
 install_excepthook()
@@ -115,6 +117,14 @@ class SparseGeneratorAgent(TransformerGeneratorAgent):
             'the grouped GEMM on CUDA.',
         )
         return parser
+
+    def __init__(self, opt: Opt, shared=None):
+        # Before the model is built: a bad combination of ParlAI's training
+        # options stops here with one line, not at the first validation.
+        # Only for training: a model file loaded by eval_model keeps its options.
+        if shared is None and building_train_loop():
+            check_training_options(opt)
+        super().__init__(opt, shared)
 
     def build_router(self, name: str) -> nn.Module:
         raise NotImplementedError
