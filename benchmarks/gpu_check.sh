@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# One prepared device run (the `device` tool's nvidia-h200): GPU tests, then benchmarks.gpu.
-# The machine has python3 with a CUDA torch but not ParlAI and a few of our deps: carry
-# them as wheels in .whl/ (made here with benchmarks/gpu_wheels.sh), e.g.
-#   run(command="bash benchmarks/gpu_check.sh", carry=[".whl"], timeout_s=540)
-# Output lands in $OUT/gpu_check.log (and on stdout).
+# The GPU check on a machine with a CUDA GPU: the GPU tests, then benchmarks.gpu.
+# It expects python3 with a CUDA build of torch; ParlAI and a few of our dependencies
+# come as wheels in .whl/ (made with benchmarks/gpu_wheels.sh where pip reaches the
+# registry, then copied beside the checkout), so the GPU machine needs no network:
+#   bash benchmarks/gpu_check.sh
+# Output lands in $OUT/gpu_check.log when OUT is set (else /tmp), and on stdout.
 set -o pipefail
 LOG=${OUT:-/tmp}/gpu_check.log
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Fetch (here, where pip reaches the registry) the wheels benchmarks/gpu_check.sh installs on the
-# device machine (Python 3.12, x86-64, torch already there). Pure-Python except zstandard.
+# Fetch, where pip reaches the registry, the wheels benchmarks/gpu_check.sh installs on a
+# GPU machine without network (Python 3.12, x86-64, a CUDA torch already there).
+# Pure-Python except zstandard.
 set -e
 grep -qx "/.whl/" .git/info/exclude 2>/dev/null || echo /.whl/ >> .git/info/exclude
 mkdir -p .whl
