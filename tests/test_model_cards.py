@@ -70,12 +70,13 @@ def test_generated_parts_come_from_the_records(tmp_path):
             f'dec2,{e},{t},0,0\n' for e, t in enumerate([30] + [10] * 15)))
     assert update_cards(cards / 'cards.yaml') == [cards / 'hash_layer.md']
     text = (cards / 'hash_layer.md').read_text()
-    assert '| **Hash Layer** | 1x16 balanced | 2.5M | 321.99 | 300.50 |' in text
-    assert '| Baseline Transformer | dense | 1M | 400.00 | 390.00 |' in text
+    assert '| **Hash Layer** | layers=4, modules=1x16 balanced | 2.5M | 321.99 | 300.50 |' in text
+    assert '| Baseline Transformer | layers=4, d=64, D=64 | 1M | 400.00 | 390.00 |' in text
     assert '123 steps, seed 5' in text
     assert 'the busiest gets 2.67x the mean' in text  # 30 / (180 / 16)
     assert (cards / 'images' / 'hash_layer_expert_load.png').read_bytes()[:4] == b'\x89PNG'
-    assert '| `num_experts` | 64 | 16 |' in text
+    assert '| `num_experts` | 16 | 16 |' in text  # Table 4 is 1x16 at both scales
+    assert '| `load_balance_weight` |' not in text  # a hash card lists no Switch option
     assert update_cards(cards / 'cards.yaml', check=True) == []
 
 

@@ -306,6 +306,8 @@ def test_cli_train_model_runs_on_the_dumps(zst_only, tmp_path):
         'true',
         '--skip-generation',
         'true',
+        '-vmt',
+        'ppl',
         '--dict-maxexs',
         '300',
         # the default 1/4096 of threads leaves these two months no valid split
