@@ -10,11 +10,18 @@ from pathlib import Path
 from typing import List, Optional, Sequence
 
 from parlai_hash.sweeps.errors import SweepError
-from parlai_hash.sweeps.spec import Point, Sweep, load_sweep
+from parlai_hash.sweeps.spec import Point, Sweep, load_sweep, seeded_points
 
 
 def _points_arg(value: Optional[str]) -> Optional[List[str]]:
     return [v.strip() for v in value.split(',') if v.strip()] if value else None
+
+
+def _seeds_arg(value: str) -> List[int]:
+    try:
+        return [int(v) for v in value.split(',') if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'{value!r} is not a comma-separated list of integers') from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,6 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument('--slurm', action='store_true', help='submit one SLURM job per point (submitit)')
     run.add_argument('--points', type=_points_arg, default=None,
                      help='comma-separated point names (default: all); unfinished points they need are added')
+    run.add_argument('--seeds', type=_seeds_arg, default=None,
+                     help="comma-separated seeds: train each point once per seed (default: the sweep's seeds:, "
+                     "else its seed:)")
     run.add_argument('--dry-run', action='store_true', help='print the commands, run nothing')
     run.add_argument('--quiet', action='store_true', help='--local: training output only to each train.log')
     run.add_argument('--wait', action='store_true', help='--slurm: wait for the jobs and report how they ended')
@@ -82,13 +92,17 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     sweep = load_sweep(args.sweep)
     scale = args.scale or ('local' if args.local else 'paper')
-    points = _points(sweep, scale, args.runs_dir, strict_env=not args.dry_run)
+    seeds = args.seeds if args.seeds is not None else list(sweep.seeds)
+    runs_dir = args.runs_dir if args.runs_dir is not None else sweep.default_runs_dir(scale)
+    points = seeded_points(_points(sweep, scale, args.runs_dir, strict_env=not args.dry_run), seeds)
     plan = plan_run(sweep, points, args.points)
-    print(f"sweep {sweep.name} ({scale}): {len(plan.to_run)} to run, {len(plan.finished)} finished "
-          f"(skipped); runs in {points[0].run_dir.parent}")
+    shown_seeds = f", seeds {','.join(map(str, seeds))}" if seeds else ''
+    print(f"sweep {sweep.name} ({scale}{shown_seeds}): {len(plan.to_run)} to run, {len(plan.finished)} finished "
+          f"(skipped); runs in {runs_dir}")
     if args.dry_run:
         for point in plan.to_run:
-            print(point.command())
+            # The seed is not a ParlAI option (the worker seeds before building the model): shown as a comment.
+            print(point.command() + (f'  # seed {point.seed}' if seeds else ''))
         return 0
     if not plan.to_run:
         return 0
@@ -102,7 +116,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         from parlai_hash.sweeps.slurm import submit
 
         outcome = submit(
-            sweep, sweep.scale(scale), plan.to_run, points, folder=points[0].run_dir.parent / 'slurm',
+            sweep, sweep.scale(scale), plan.to_run, points, folder=runs_dir / 'slurm',
             cluster=args.slurm_cluster, wait=args.wait,
             overrides={'partition': args.partition, 'timeout_min': args.timeout_min},
         )
@@ -113,7 +127,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from parlai_hash.sweeps.report import paper_table, records_frame, to_text, write_report
+    from parlai_hash.sweeps.report import (ORDERING_NOTE, interval_note, ordering_table, paper_table,
+                                           records_frame, to_text, write_report)
 
     sweep = load_sweep(args.sweep)
     points = _points(sweep, args.scale, args.runs_dir, strict_env=False)
@@ -121,8 +136,14 @@ def cmd_report(args: argparse.Namespace) -> int:
     out_dir = args.out or points[0].run_dir.parent
     print(f'{sweep.title} ({args.scale})\n')
     print(to_text(paper_table(frame, sweep.metric)))
+    if interval_note(frame, sweep.metric):
+        print(f'\n{interval_note(frame, sweep.metric)}')
+    orderings = ordering_table(sweep.orderings, points, sweep.metric) if sweep.orderings else None
+    if orderings is not None:
+        print(f"\nThe paper's orderings\n\n{to_text(orderings)}\n{ORDERING_NOTE}")
     footer = args.footer.read_text(encoding='utf-8') if args.footer else None
-    paths = write_report(frame, sweep.metric, out_dir, sweep.name, f'{sweep.title} ({args.scale})', footer)
+    paths = write_report(frame, sweep.metric, out_dir, sweep.name, f'{sweep.title} ({args.scale})', footer,
+                         orderings)
     print(f"\nwrote {paths['csv']}\nwrote {paths['md']}")
     if not args.no_figures and sweep.figures:
         from parlai_hash.sweeps.figures import make_figures

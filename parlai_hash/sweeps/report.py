@@ -6,29 +6,73 @@ keeps raw numbers and a few more columns (point name, steps, the step of the
 kept model, training time).
 Points without a record are listed with empty values, so a partial sweep
 shows what is missing.
+
+A point trained with several seeds (``run --seeds``; records in
+``<run_dir>/record.json`` and ``<run_dir>/seedK/record.json``) shows
+mean ± the half-width of a 95% Student t interval, and n; the CSV keeps the
+mean, sd, n and interval bounds. The sweep's ``orderings:`` get a verdict
+table (:func:`ordering_table`).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import pandas as pd
 
 from parlai_hash.io_utils import atomic_write
 from parlai_hash.sweeps.records import read_record
 from parlai_hash.sweeps.spec import Point
+from parlai_hash.sweeps.stats import compare, finite, mean_interval
+
+INTERVAL_NOTE = ('Cells with n: mean ± half-width of a 95% Student t interval over n seeds '
+                 '(t_{0.975, n-1} · sd/√n); others are one run.')
 
 
 def metric_label(metric: str) -> str:
     return 'PPL' if metric == 'ppl' else metric
 
 
+def point_records(point: Point) -> Dict[int, Dict[str, Any]]:
+    """A point's records by seed: its own run folder's, then each ``seedK/`` folder's."""
+    records: Dict[int, Dict[str, Any]] = {}
+    own = read_record(point.record_file)
+    if own is not None:
+        records[int(own.get('seed', point.seed))] = own
+    for path in sorted(point.run_dir.glob('seed*/record.json')):
+        record = read_record(path)
+        if record is not None:
+            records.setdefault(int(record.get('seed', path.parent.name[len('seed'):])), record)
+    return records
+
+
+def seed_values(records: Mapping[int, Mapping[str, Any]], split: str, metric: str) -> Dict[int, float]:
+    """``{seed: value}`` of one split's metric, for the records that have it."""
+    values = {seed: r.get(split, {}).get(metric) for seed, r in records.items()}
+    return {seed: float(v) for seed, v in values.items() if v is not None}
+
+
+def _summary(values: Mapping[int, float], column: str) -> Dict[str, Any]:
+    """Mean (the column itself), sd, n and 95% bounds over seeds."""
+    interval = mean_interval(list(values.values()))
+    return {column: interval.mean if interval.n else None, f'{column}_sd': interval.sd,
+            f'{column}_n': interval.n, f'{column}_ci_low': interval.low, f'{column}_ci_high': interval.high}
+
+
 def records_frame(points: Sequence[Point], metric: str) -> pd.DataFrame:
     """One row per point (file order); NaN where a point has no record yet."""
     rows: List[Dict[str, Any]] = []
+    summaries: List[Dict[str, Any]] = []
     for point in points:
-        record = read_record(point.record_file) or {}
+        by_seed = point_records(point)
+        # Counts, steps and time come from the sweep seed's run when there is one.
+        record = by_seed.get(point.seed) or next(iter(by_seed.values()), {})
+        summaries.append({
+            'seeds': ','.join(map(str, sorted(by_seed))),
+            **_summary(seed_values(by_seed, 'valid', metric), f'valid_{metric}'),
+            **_summary(seed_values(by_seed, 'test', metric), f'test_{metric}'),
+        })
         rows.append({
             'point': point.name,
             'model': point.model,
@@ -45,6 +89,10 @@ def records_frame(points: Sequence[Point], metric: str) -> pd.DataFrame:
             f'paper_valid_{metric}': point.paper_row.get('valid'),
             f'paper_test_{metric}': point.paper_row.get('test'),
         })
+    for row, summary in zip(rows, summaries):
+        # Means replace the single values; the spread columns go last, after today's columns.
+        row.update({k: v for k, v in summary.items() if k in row})
+        row.update({k: v for k, v in summary.items() if k not in row})
     frame = pd.DataFrame(rows)
     for column in ('params', 'train_steps', 'best_valid_step'):
         frame[column] = frame[column].astype('Int64')
@@ -70,12 +118,17 @@ def paper_table(frame: pd.DataFrame, metric: str) -> pd.DataFrame:
     def number(x: Any) -> str:
         return '—' if x is None or pd.isna(x) else f'{x:.2f}'
 
+    def cell(column: str) -> pd.Series:
+        if f'{column}_n' not in frame:
+            return frame[column].map(number)
+        return frame.apply(lambda row: _interval_cell(row, column, number), axis=1)
+
     table = pd.DataFrame({
         'Model': frame['model'],
         'Configuration': frame['configuration'],
         'Params': frame['params'].map(human_count),
-        f'Valid {label}': frame[f'valid_{metric}'].map(number),
-        f'Test {label}': frame[f'test_{metric}'].map(number),
+        f'Valid {label}': cell(f'valid_{metric}'),
+        f'Test {label}': cell(f'test_{metric}'),
     })
     if 'paper_row' in frame and frame['paper_row'].notna().any():
         # The numbers the paper prints for the row each point reproduces (at its scale).
@@ -86,10 +139,57 @@ def paper_table(frame: pd.DataFrame, metric: str) -> pd.DataFrame:
     return table
 
 
+def _interval_cell(row: pd.Series, column: str, number: Any) -> str:
+    """``12.00 ± 4.97 (n=3)`` with several seeds; one record as a plain number."""
+    n = row[f'{column}_n']
+    if pd.isna(n) or n < 2:
+        return number(row[column])
+    half = (row[f'{column}_ci_high'] - row[f'{column}_ci_low']) / 2
+    return f'{row[column]:.2f} ± {half:.2f} (n={int(n)})'
+
+
+def interval_note(frame: pd.DataFrame, metric: str) -> str:
+    """The table's footer line on intervals, or '' when every point is one run."""
+    columns = [f'{split}_{metric}_n' for split in ('valid', 'test') if f'{split}_{metric}_n' in frame]
+    several = any((frame[c].fillna(0) >= 2).any() for c in columns)
+    return INTERVAL_NOTE if several else ''
+
+
+def ordering_table(orderings: Sequence[Mapping[str, str]], points: Sequence[Point], metric: str) -> pd.DataFrame:
+    """One row per ordering "better < worse": worse − better in valid metric, its 95% interval, the verdict."""
+    label = metric_label(metric)
+    by_name = {p.name: p for p in points}
+    rows = []
+    for ordering in orderings:
+        values = {}
+        for side in ('better', 'worse'):
+            point = by_name.get(ordering[side])
+            values[side] = seed_values(point_records(point), 'valid', metric) if point else {}
+        result = compare(values['better'], values['worse'])
+        rows.append({
+            'Better': ordering['better'],
+            'Worse': ordering['worse'],
+            'Paper': ordering.get('paper', ''),
+            f'Valid {label} worse − better': f'{result.difference:+.2f}' if finite(result.difference) else '—',
+            '95% interval': (f'[{result.low:+.2f}, {result.high:+.2f}]'
+                             if finite(result.low) and finite(result.high) else '—'),
+            'Test': result.method or '—',
+            'n (better, worse)': f'{result.n_better}, {result.n_worse}',
+            'Verdict': result.verdict,
+        })
+    return pd.DataFrame(rows, columns=['Better', 'Worse', 'Paper', f'Valid {label} worse − better', '95% interval',
+                                       'Test', 'n (better, worse)', 'Verdict'])
+
+
+ORDERING_NOTE = ('Verdict: holds when the 95% interval of worse − better lies above 0, reversed when below, '
+                 'not resolved when it contains 0. Paired t over seeds when both points ran the same seeds, '
+                 "else Welch's t; with one seed on a side, only the difference.")
+
+
 def to_markdown(table: pd.DataFrame) -> str:
     """A GitHub Markdown table (no ``tabulate`` dependency)."""
     header = '| ' + ' | '.join(table.columns) + ' |'
-    left = {'Model', 'Configuration', 'Paper row'}
+    left = {'Model', 'Configuration', 'Paper row', 'Better', 'Worse', 'Paper', 'Test', 'Verdict'}
     align = '|' + '|'.join('---' if c in left else '---:' for c in table.columns) + '|'
     rows = ['| ' + ' | '.join(str(v) for v in row) + ' |' for row in table.itertuples(index=False)]
     return '\n'.join([header, align, *rows]) + '\n'
@@ -100,16 +200,21 @@ def to_text(table: pd.DataFrame) -> str:
 
 
 def write_report(frame: pd.DataFrame, metric: str, out_dir: Path, stem: str, title: str,
-                 footer: Optional[str] = None) -> Dict[str, Path]:
-    """Write ``<stem>.csv`` (raw numbers) and ``<stem>.md`` (the paper's layout)."""
+                 footer: Optional[str] = None, orderings: Optional[pd.DataFrame] = None) -> Dict[str, Path]:
+    """Write ``<stem>.csv`` (raw numbers) and ``<stem>.md`` (the paper's layout, and the
+    orderings' verdicts when given)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {'csv': out_dir / f'{stem}.csv', 'md': out_dir / f'{stem}.md'}
     with atomic_write(paths['csv']) as f:
         frame.to_csv(f, index=False)
     missing = int((~frame['finished']).sum())
     note = f'\n{missing} of {len(frame)} points have no result yet.\n' if missing else ''
+    intervals = interval_note(frame, metric)
+    note += f'\n{intervals}\n' if intervals else ''
     with atomic_write(paths['md']) as f:
         f.write(f'# {title}\n\n{to_markdown(paper_table(frame, metric))}{note}')
+        if orderings is not None and len(orderings):
+            f.write(f'\n## The paper\'s orderings\n\n{to_markdown(orderings)}\n{ORDERING_NOTE}\n')
         if footer:
             f.write(f'\n{footer.rstrip()}\n')
     return paths

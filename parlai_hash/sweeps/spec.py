@@ -9,6 +9,7 @@ twin ``local``) into :class:`Point` s, each one ``parlai train_model`` run.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import itertools
 import os
 import re
@@ -20,7 +21,8 @@ import yaml
 
 from parlai_hash.sweeps.errors import SweepError
 
-SWEEP_KEYS = {'sweep', 'title', 'paper', 'description', 'seed', 'metric', 'extends', 'scales', 'points', 'figures'}
+SWEEP_KEYS = {'sweep', 'title', 'paper', 'description', 'seed', 'seeds', 'metric', 'extends', 'scales', 'points',
+              'figures', 'orderings'}
 SCALE_KEYS = {'description', 'options', 'slurm', 'requires', 'vocab_size'}
 POINT_KEYS = {'name', 'model', 'configuration', 'description', 'options', 'scales', 'grid', 'init_from', 'only',
               'paper_row'}
@@ -28,6 +30,10 @@ POINT_KEYS = {'name', 'model', 'configuration', 'description', 'options', 'scale
 PAPER_ROW_KEYS = {'row', 'params', 'valid', 'test'}
 FIGURE_KEYS = {'kind', 'file', 'title', 'points', 'x', 'xlabel', 'series', 'datatype', 'max_examples'}
 FIGURE_KINDS = ('curves', 'versus', 'expert_load')
+#: An ``orderings:`` entry: the paper's claim that ``better`` has a lower metric than ``worse``.
+ORDERING_KEYS = {'better', 'worse', 'paper'}
+#: Separates a point's name from its seed in a seeded copy's name (not allowed in point names).
+SEED_MARK = '@seed'
 SLURM_KEYS = {
     'nodes', 'gpus_per_node', 'cpus_per_task', 'mem_gb', 'timeout_min', 'partition',
     'constraint', 'account', 'qos', 'comment', 'array_parallelism', 'additional',
@@ -95,6 +101,12 @@ class Point:
     seed: int = 0
     description: str = ''
     paper_row: Dict[str, Any] = field(default_factory=dict)
+    #: The sweep file's point name; differs from ``name`` only in a seeded copy (``NAME@seedK``).
+    base: str = ''
+
+    @property
+    def point_name(self) -> str:
+        return self.base or self.name
 
     @property
     def model_file(self) -> Path:
@@ -138,6 +150,10 @@ class Sweep:
     scales: Dict[str, Scale]
     raw_points: List[Dict[str, Any]]
     figures: List[Dict[str, Any]] = field(default_factory=list)
+    #: Seeds to train each point with (``seeds:``); empty: only ``seed``.
+    seeds: Tuple[int, ...] = ()
+    #: The paper's orderings to test: ``{better, worse, paper}`` each.
+    orderings: List[Dict[str, str]] = field(default_factory=list)
 
     def where(self, suffix: str = '') -> str:
         try:
@@ -341,13 +357,69 @@ def load_sweep(path: os.PathLike) -> Sweep:
     names = {p['name'] for p in points}
     figures = [_load_figure(i, f, names, stub) for i, f in enumerate(data.get('figures') or [])]
     seed = data.get('seed', 0)
-    if not isinstance(seed, int):
+    if not isinstance(seed, int) or isinstance(seed, bool):
         raise SweepError(stub.where('seed'), f"got {seed!r}", "give an integer seed")
+    seeds = data.get('seeds') or []
+    if not isinstance(seeds, list) or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+        raise SweepError(stub.where('seeds'), f"got {seeds!r}", "give a list of integer seeds, e.g. seeds: [0, 1, 2]")
+    orderings = [_load_ordering(i, o, points, stub) for i, o in enumerate(data.get('orderings') or [])]
     return Sweep(
         path=path, root=root, name=stub.name, title=str(data.get('title', stub.name)),
         paper=str(data.get('paper', '')), description=str(data.get('description', '')),
         seed=seed, metric=str(data.get('metric', 'ppl')), scales=scales, raw_points=points,
-        figures=figures,
+        figures=figures, seeds=tuple(seeds), orderings=orderings,
+    )
+
+
+def _load_ordering(index: int, raw: Any, points: List[Dict[str, Any]], sweep: Sweep) -> Dict[str, str]:
+    where = sweep.where(f'orderings[{index}]')
+    raw = dict(_mapping(raw, where))
+    _only_keys(raw, ORDERING_KEYS, where)
+    names = {str(p['name']) for p in points}
+    templated = any('{' in n for n in names)  # grid names are only known once expanded
+    for key in ('better', 'worse'):
+        if key not in raw:
+            raise SweepError(where, f"has no {key}:", "write {better: POINT, worse: POINT, paper: \"...\"}")
+        if str(raw[key]) not in names and not templated:
+            raise SweepError(where, f"{key} names {raw[key]!r}, which is not a point",
+                             f"use one of {', '.join(sorted(names))}")
+    return {'better': str(raw['better']), 'worse': str(raw['worse']), 'paper': str(raw.get('paper', ''))}
+
+
+def seeded_points(points: Sequence[Point], seeds: Sequence[int]) -> List[Point]:
+    """Each point once per seed, a point's seeds together (dependencies stay first).
+
+    The copy with the sweep's own seed is the point itself (same name and run
+    folder, so single-seed runs and records stay valid); another seed K runs in
+    ``<run_dir>/seedK/`` as ``NAME@seedK``, and a dependency (``init_from``,
+    ``model_file_of``) is the parent's run with the same seed.
+    """
+    if not seeds:
+        return list(points)
+    originals = {p.name: p for p in points}
+    copies: Dict[Tuple[str, int], Point] = {}
+    out: List[Point] = []
+    for point in points:
+        for seed in dict.fromkeys(seeds):  # ordered, without repeats
+            copy_ = point if seed == point.seed else _seed_copy(point, seed, originals, copies)
+            copies[(point.name, seed)] = copy_
+            out.append(copy_)
+    return out
+
+
+def _seed_copy(point: Point, seed: int, originals: Dict[str, Point], copies: Dict[Tuple[str, int], Point]) -> Point:
+    options = dict(point.options)
+    depends = []
+    for dep in point.depends_on:
+        parent = copies[(dep, seed)]
+        depends.append(parent.name)
+        # Paths into the parent's run folder now point into its run with this seed.
+        old, new = str(originals[dep].run_dir) + os.sep, str(parent.run_dir) + os.sep
+        options = {k: new + v[len(old):] if isinstance(v, str) and v.startswith(old) else v
+                   for k, v in options.items()}
+    return dataclasses.replace(
+        point, name=f'{point.name}{SEED_MARK}{seed}', base=point.name, seed=seed, options=options,
+        run_dir=point.run_dir / f'seed{seed}', depends_on=tuple(depends),
     )
 
 
@@ -495,7 +567,9 @@ def select_points(points: Sequence[Point], names: Optional[Sequence[str]], where
     if not names:
         return list(points)
     by_name = {p.name: p for p in points}
-    unknown = [n for n in names if n not in by_name]
+    unknown = [n for n in names if n not in by_name and not any(p.base == n for p in points)]
     if unknown:
-        raise SweepError(where, f"has no point {unknown[0]!r}", f"use one of {', '.join(by_name)}")
-    return [by_name[n] for n in names]
+        raise SweepError(where, f"has no point {unknown[0]!r}",
+                         f"use one of {', '.join(dict.fromkeys(p.point_name for p in points))}")
+    # A sweep point's name selects all its seeds; NAME@seedK only that one.
+    return [p for n in names for p in points if p.name == n or p.base == n]
