@@ -136,8 +136,9 @@ def cmd_report(args: argparse.Namespace) -> int:
     out_dir = args.out or points[0].run_dir.parent
     print(f'{sweep.title} ({args.scale})\n')
     print(to_text(paper_table(frame, sweep.metric)))
-    if interval_note(frame, sweep.metric):
-        print(f'\n{interval_note(frame, sweep.metric)}')
+    note = interval_note(frame, sweep.metric)
+    if note:
+        print(f'\n{note}')
     orderings = ordering_table(sweep.orderings, points, sweep.metric) if sweep.orderings else None
     if orderings is not None:
         print(f"\nThe paper's orderings\n\n{to_text(orderings)}\n{ORDERING_NOTE}")

@@ -63,23 +63,17 @@ def _summary(values: Mapping[int, float], column: str) -> Dict[str, Any]:
 def records_frame(points: Sequence[Point], metric: str) -> pd.DataFrame:
     """One row per point (file order); NaN where a point has no record yet."""
     rows: List[Dict[str, Any]] = []
-    summaries: List[Dict[str, Any]] = []
     for point in points:
         by_seed = point_records(point)
         # Counts, steps and time come from the sweep seed's run when there is one.
         record = by_seed.get(point.seed) or next(iter(by_seed.values()), {})
-        summaries.append({
-            'seeds': ','.join(map(str, sorted(by_seed))),
-            **_summary(seed_values(by_seed, 'valid', metric), f'valid_{metric}'),
-            **_summary(seed_values(by_seed, 'test', metric), f'test_{metric}'),
-        })
-        rows.append({
+        row = {
             'point': point.name,
             'model': point.model,
             'configuration': point.configuration,
             'params': record.get('params'),
-            f'valid_{metric}': record.get('valid', {}).get(metric),
-            f'test_{metric}': record.get('test', {}).get(metric),
+            f'valid_{metric}': None,  # the mean over seeds, set below
+            f'test_{metric}': None,
             'train_steps': record.get('train_steps'),
             'best_valid_step': record.get('best_valid_step'),
             'train_time_s': record.get('train_time_s'),
@@ -88,11 +82,12 @@ def records_frame(points: Sequence[Point], metric: str) -> pd.DataFrame:
             'paper_params': point.paper_row.get('params'),
             f'paper_valid_{metric}': point.paper_row.get('valid'),
             f'paper_test_{metric}': point.paper_row.get('test'),
-        })
-    for row, summary in zip(rows, summaries):
-        # Means replace the single values; the spread columns go last, after today's columns.
-        row.update({k: v for k, v in summary.items() if k in row})
-        row.update({k: v for k, v in summary.items() if k not in row})
+            'seeds': ','.join(map(str, sorted(by_seed))),
+        }
+        # update keeps the mean columns in place and appends sd, n and bounds after today's columns.
+        row.update(_summary(seed_values(by_seed, 'valid', metric), f'valid_{metric}'))
+        row.update(_summary(seed_values(by_seed, 'test', metric), f'test_{metric}'))
+        rows.append(row)
     frame = pd.DataFrame(rows)
     for column in ('params', 'train_steps', 'best_valid_step'):
         frame[column] = frame[column].astype('Int64')
