@@ -66,18 +66,19 @@ class SwitchRouter(nn.Module):
         self.z_loss_weight = z_loss_weight
         # small init keeps early routing near uniform (as in Switch)
         std = math.sqrt(0.1 / dim)
-        self.token_logits = None
-        self.token_embedding = None
+        # Token Switch's logits table replaces the router matrix; the other forms use W (and b).
+        self.token_logits = self.token_embedding = self.router_weight = self.router_bias = None
         if source == 'token' and token_table == 'logits':
             self.token_logits = nn.Embedding(vocab_size, num_experts)
             nn.init.normal_(self.token_logits.weight, 0, std)
-            return
-        if source == 'token':
-            self.token_embedding = nn.Embedding(vocab_size, dim)
-            nn.init.normal_(self.token_embedding.weight, 0, dim**-0.5)
-        self.router_weight = nn.Parameter(torch.empty(num_experts, dim))
-        nn.init.normal_(self.router_weight, 0, std)
-        self.router_bias = nn.Parameter(torch.zeros(num_experts)) if bias else None
+        else:
+            if source == 'token':
+                self.token_embedding = nn.Embedding(vocab_size, dim)
+                nn.init.normal_(self.token_embedding.weight, 0, dim**-0.5)
+            self.router_weight = nn.Parameter(torch.empty(num_experts, dim))
+            nn.init.normal_(self.router_weight, 0, std)
+            if bias:
+                self.router_bias = nn.Parameter(torch.zeros(num_experts))
 
     def router_input(self, ctx: RoutingContext, hidden: torch.Tensor) -> torch.Tensor:
         if self.token_embedding is not None:
