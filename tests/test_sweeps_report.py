@@ -95,13 +95,6 @@ def test_expert_load_is_relative_to_the_mean_and_sorted():
     assert plots.load_vs_mean([0, 0]).tolist() == [0.0, 0.0]
 
 
-def test_series_group_rows_and_drop_those_without_values():
-    rows = [{'x': 16, 'y': 20.0, 's': 'Hash'}, {'x': 64, 'y': 18.0, 's': 'Hash'},
-            {'x': 16, 'y': 21.0, 's': 'Switch'}, {'x': None, 'y': 30.0, 's': 'Baseline'},
-            {'x': 32, 'y': None, 's': 'Switch'}]
-    assert plots.series_by(rows, 'x', 'y', 's') == {'Hash': [(16.0, 20.0), (64.0, 18.0)], 'Switch': [(16.0, 21.0)]}
-
-
 def test_plots_are_png_files(tmp_path):
     curves = plots.plot_valid_curves({'Hash': [(100, 50.0), (200, 30.0)], 'Dense': [(100, 55.0), (200, 35.0)]},
                                      tmp_path / 'curves.png')

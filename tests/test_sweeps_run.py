@@ -15,7 +15,7 @@ import torch
 from conftest import fake_srun, free_port
 
 from parlai_hash.sweeps.cli import main as sweeps_main
-from parlai_hash.sweeps.records import read_record
+from parlai_hash.sweeps.records import TRAIN_EVAL_EXAMPLES, read_record
 from parlai_hash.sweeps.runner import plan_run, write_point
 from parlai_hash.sweeps.spec import load_sweep
 
@@ -124,6 +124,10 @@ def test_records_hold_metrics_configuration_and_parameter_counts(ran):
         best = min(record['valid_curve'], key=lambda c: c['ppl'])
         assert record['best_valid_step'] == best['train_steps']
         assert record['valid']['ppl'] == pytest.approx(best['ppl'], rel=1e-6)  # the kept model is the best
+        # The kept model on training text (the regime), and the passes over the training split.
+        assert record['train']['ppl'] > 1 and 0 < record['train_eval_examples'] <= TRAIN_EVAL_EXAMPLES
+        assert record['train']['ppl'] != pytest.approx(record['valid']['ppl'], rel=1e-6)
+        assert 0 < record['epochs'] < 100
     assert hashed['options']['num_experts'] == K and hashed['configuration'] == f'1x{K} random'
     assert hashed['command'].startswith('parlai train_model --model hash_generator')
     # K experts replace one dense FFN (d*D + D + D*d + d each); a hash has no router weights.

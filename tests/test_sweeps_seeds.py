@@ -8,7 +8,9 @@ import pytest
 from parlai_hash.sweeps import cli
 from parlai_hash.sweeps.errors import SweepError
 from parlai_hash.sweeps.records import write_record
-from parlai_hash.sweeps.report import ordering_table, paper_table, records_frame, write_report
+from parlai_hash.sweeps import plots
+from parlai_hash.sweeps.figures import seed_curve, seed_mean
+from parlai_hash.sweeps.report import late_change, ordering_table, paper_table, records_frame, write_report
 from parlai_hash.sweeps.spec import Point, load_sweep, seeded_points
 from parlai_hash.sweeps.stats import (HOLDS, ONE_SEED, REVERSED, UNRESOLVED, compare, mean_interval, t_quantile,
                                       welch_interval)
@@ -198,3 +200,54 @@ def test_t_table_without_scipy(monkeypatch):
 
     monkeypatch.setitem(sys.modules, 'scipy.stats', None)  # import fails: the table is used
     assert t_quantile(2) == 4.303 and t_quantile(2.7) == 4.303 and t_quantile(500) == 1.980
+
+
+def test_late_change_is_the_move_over_the_last_fifth():
+    curve = [{'train_steps': 100, 'ppl': 300.0}, {'train_steps': 400, 'ppl': 120.0},
+             {'train_steps': 500, 'ppl': 114.0}]
+    assert late_change(curve, 'ppl') == pytest.approx(-0.05)  # 120 at step 400 (80%) -> 114
+    rising = [{'train_steps': 300, 'ppl': 100.0}, {'train_steps': 1000, 'ppl': 130.0}]
+    assert late_change(rising, 'ppl') == pytest.approx(0.30)  # held-out text after memorising
+    assert late_change([{'train_steps': 500, 'ppl': 9.0}], 'ppl') is None
+    assert late_change([{'train_steps': 450, 'ppl': 9.0}, {'train_steps': 500, 'ppl': 8.0}], 'ppl') is None
+
+
+def test_regime_columns_show_train_fit_epochs_and_flattening(tmp_path):
+    p, old = point(tmp_path, 'new'), point(tmp_path, 'old')
+    for seed, (train, valid) in {0: (50.0, 110.0), 1: (54.0, 112.0)}.items():
+        folder = p.run_dir if seed == 0 else p.run_dir / f'seed{seed}'
+        write_record(folder / 'record.json', {
+            'seed': seed, 'valid': {'ppl': valid}, 'test': {'ppl': valid}, 'train': {'ppl': train}, 'epochs': 3.5,
+            'valid_curve': [{'train_steps': 80, 'ppl': valid * 1.1}, {'train_steps': 100, 'ppl': valid}]})
+    write_seeds(old, {0: 20.0})  # a record from before: no train split, no epochs
+    frame = records_frame([p, old], 'ppl')
+    table = paper_table(frame, 'ppl')
+    assert list(table['Train PPL']) == ['52.00 ± 25.41 (n=2)', '—']
+    assert list(table['Epochs']) == ['3.50', '—']
+    assert table.iloc[0]['Valid Δ last 1/5'] == '-9.1%' and table.iloc[1]['Valid Δ last 1/5'] == '—'
+    text = write_report(frame, 'ppl', tmp_path / 'out', 'demo', 'Demo')['md'].read_text()
+    assert 'first 1,000 training examples' in text and 'flattened' in text
+    # Old records alone: the table has no regime columns.
+    assert 'Train PPL' not in paper_table(records_frame([old], 'ppl'), 'ppl')
+
+
+def test_figures_average_seeds_with_their_interval(tmp_path):
+    records = {s: {'valid': {'ppl': v}, 'valid_curve': [{'train_steps': 10, 'ppl': v + 5}, {'train_steps': 20, 'ppl': v}]}
+               for s, v in {0: 10.0, 1: 12.0, 2: 14.0}.items()}
+    half = 4.303 * 2 / math.sqrt(3)
+    assert seed_mean([10.0, 12.0, 14.0]) == pytest.approx((12.0, half), rel=1e-3)
+    assert seed_mean([7.0]) == (7.0,) and seed_mean([]) is None
+    curve = seed_curve(records, 'ppl')
+    assert [c[0] for c in curve] == [10.0, 20.0] and curve[1] == pytest.approx((20.0, 12.0, half), rel=1e-3)
+    assert seed_curve({0: records[0]}, 'ppl') == [(10.0, 15.0), (20.0, 10.0)]
+    # Means with bars and single runs in one figure.
+    assert plots.plot_versus({'Hash': [(16, 12.0, half), (64, 11.0)]}, tmp_path / 'v.png', 'experts').exists()
+    assert plots.plot_valid_curves({'Hash': curve, 'Dense': [(10, 16.0), (20, 13.0)]}, tmp_path / 'c.png').exists()
+
+
+def test_keep_records_copies_every_seed(tmp_path):
+    p = point(tmp_path, 'hash')
+    write_seeds(p, {0: 10.0, 1: 11.0, 2: 12.0})
+    assert cli.keep_records([p, point(tmp_path, 'unrun')], tmp_path / 'out') == 3
+    assert sorted(f.name for f in (tmp_path / 'out' / 'records').iterdir()) == [
+        'hash.json', 'hash@seed1.json', 'hash@seed2.json']

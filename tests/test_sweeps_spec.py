@@ -180,6 +180,26 @@ def test_extends_merges_shared_settings_key_by_key(tmp_path):
     assert scale.description == 'shared. own.'
 
 
+
+def test_extends_per_scale_takes_each_scale_from_its_own_file(tmp_path):
+    settings = tmp_path / 'sweeps' / 'settings'
+    settings.mkdir(parents=True)
+    (settings / 'reddit.yaml').write_text('scales: {paper: {options: {task: reddit}}, local: {options: {task: r}}}')
+    (settings / 'text.yaml').write_text('scales: {local: {vocab_size: 9, options: {task: wikitext103}}}')
+    sweep = load_sweep(write(tmp_path, """
+        sweep: x
+        extends: {paper: settings/reddit.yaml, local: settings/text.yaml}
+        scales:
+          local: {options: {batchsize: 8}}
+        points: [{name: a}]
+    """))
+    assert sweep.scale('paper').options == {'task': 'reddit'}
+    assert sweep.scale('local').options == {'task': 'wikitext103', 'batchsize': 8}
+    assert sweep.scale('local').vocab_size == 9
+    with pytest.raises(SweepError, match="text.yaml has no scale 'paper'"):
+        load_sweep(write(tmp_path, "sweep: x\nextends: {paper: settings/text.yaml}\npoints: [{name: a}]\n"))
+
+
 @pytest.mark.parametrize('text, message', [
     ("sweep: x\nscales: {local: {}}\npoints: [{name: a, option: {}}]\n", r"points\[0\] \(a\): unknown key 'option'"),
     ("sweep: x\nscales: {local: {}}\npoints: [{name: a, options: {-bs: 4}}]\n", "written as a flag"),

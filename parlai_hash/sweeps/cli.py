@@ -127,8 +127,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from parlai_hash.sweeps.report import (ORDERING_NOTE, interval_note, ordering_table, paper_table,
-                                           records_frame, to_text, write_report)
+    from parlai_hash.sweeps.report import (ORDERING_NOTE, ordering_table, paper_table,
+                                           records_frame, table_notes, to_text, write_report)
 
     sweep = load_sweep(args.sweep)
     points = _points(sweep, args.scale, args.runs_dir, strict_env=False)
@@ -136,7 +136,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     out_dir = args.out or points[0].run_dir.parent
     print(f'{sweep.title} ({args.scale})\n')
     print(to_text(paper_table(frame, sweep.metric)))
-    note = interval_note(frame, sweep.metric)
+    note = table_notes(frame, sweep.metric)
     if note:
         print(f'\n{note}')
     orderings = ordering_table(sweep.orderings, points, sweep.metric) if sweep.orderings else None
@@ -157,14 +157,20 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def keep_records(points: Sequence[Point], out_dir: Path) -> int:
-    """Copy records and measured expert loads next to the table (not the models)."""
+    """Copy records and measured expert loads next to the table (not the models).
+
+    ``records/<point>.json`` is the sweep seed's run, ``records/<point>@seedK.json`` each other seed's.
+    """
     import shutil
 
     kept = 0
     for point in points:
-        if point.record_file.exists():
+        for path in [point.record_file, *sorted(point.run_dir.glob('seed*/record.json'))]:
+            if not path.exists():
+                continue
+            name = point.name if path == point.record_file else f'{point.name}@{path.parent.name}'
             (out_dir / 'records').mkdir(parents=True, exist_ok=True)
-            shutil.copy(point.record_file, out_dir / 'records' / f'{point.name}.json')
+            shutil.copy(path, out_dir / 'records' / f'{name}.json')
             kept += 1
         for load in point.run_dir.glob('expert_load_valid.csv'):
             (out_dir / 'expert_load').mkdir(parents=True, exist_ok=True)

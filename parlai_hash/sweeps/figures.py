@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, TextIO
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, TextIO, Tuple
 
 from parlai_hash.sweeps import plots
 from parlai_hash.sweeps.errors import SweepError
-from parlai_hash.sweeps.records import read_record
-from parlai_hash.sweeps.report import metric_label
+from parlai_hash.sweeps.report import metric_label, point_records, seed_values
 from parlai_hash.sweeps.spec import Point, Sweep, select_points
+from parlai_hash.sweeps.stats import mean_interval
 
 
 def point_label(point: Point) -> str:
@@ -38,6 +38,24 @@ def _numeric_option(point: Point, key: str, where: str) -> Optional[float]:
     except (TypeError, ValueError):
         raise SweepError(where, f"point {point.name}: {key}={value!r} is not one number",
                          "use an option with one numeric value per point on the x axis") from None
+
+
+def seed_mean(values: Iterable[float]) -> Optional[Tuple[float, ...]]:
+    """(value,) for one seed; (mean, 95% half-width) for several; None for none."""
+    interval = mean_interval(list(values))
+    if not interval.n:
+        return None
+    return (interval.mean,) if interval.n < 2 else (interval.mean, interval.half_width)
+
+
+def seed_curve(records: Mapping[int, Mapping[str, Any]], metric: str) -> List[Tuple[float, ...]]:
+    """A point's validation curve: per step, its value or its mean over seeds with the half-width."""
+    by_step: Dict[float, List[float]] = {}
+    for record in records.values():
+        for c in record.get('valid_curve', []):
+            if metric in c:
+                by_step.setdefault(float(c['train_steps']), []).append(float(c[metric]))
+    return [(step, *seed_mean(values)) for step, values in sorted(by_step.items())]  # type: ignore[misc]
 
 
 def expert_load_of(point: Point, datatype: str = 'valid', max_examples: int = -1) -> Any:
@@ -67,24 +85,25 @@ def make_figures(sweep: Sweep, points: Sequence[Point], out_dir: Path, out: Opti
         if isinstance(names, dict):  # one list per scale
             names = names.get(points[0].scale) if points else None
         chosen = select_points(points, names, where)
-        finished = [(p, r) for p in chosen if (r := read_record(p.record_file)) is not None]
+        finished = [(p, r) for p in chosen if (r := point_records(p))]
         path = out_dir / figure['file']
         if not finished:
             print(f"{figure['file']}: skipped (none of its points has a result yet)", file=out)
             continue
         kind = figure['kind']
         if kind == 'curves':
-            curves = {point_label(p): [(c['train_steps'], c[sweep.metric]) for c in r.get('valid_curve', [])]
-                      for p, r in finished}
+            curves = {point_label(p): seed_curve(r, sweep.metric) for p, r in finished}
             plots.plot_valid_curves(curves, path, label, title=figure.get('title', f'{sweep.title}: valid {label}'))
         elif kind == 'versus':
             x = figure['x'].replace('-', '_')
-            rows: List[Dict[str, Any]] = [
-                {'x': _numeric_option(p, x, where), 'y': r['valid'].get(sweep.metric),
-                 'series': getattr(p, figure.get('series', 'model'), None) or p.options.get(figure.get('series'))}
-                for p, r in finished
-            ]
-            plots.plot_versus(plots.series_by(rows, 'x', 'y', 'series'), path, figure.get('xlabel', x), label,
+            series: Dict[str, List[Tuple[float, ...]]] = {}
+            for p, r in finished:
+                name = getattr(p, figure.get('series', 'model'), None) or p.options.get(figure.get('series'))
+                value = seed_mean(seed_values(r, 'valid', sweep.metric).values())
+                x_value = _numeric_option(p, x, where)
+                if value is not None and x_value is not None:
+                    series.setdefault(str(name), []).append((x_value, *value))
+            plots.plot_versus(series, path, figure.get('xlabel', x), label,
                               title=figure.get('title', sweep.title), log_x=(x == 'num_experts'))
         elif kind == 'expert_load':
             datatype = figure.get('datatype', 'valid')

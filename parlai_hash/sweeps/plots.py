@@ -32,6 +32,17 @@ def _save(fig: 'plt.Figure', path: Path) -> Path:
     return path
 
 
+def _columns(points: Sequence[Sequence[float]]) -> Tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]:
+    """Sorted x, y and half-widths (None when no point has one; 0 where one point lacks it)."""
+    rows = sorted(points, key=lambda p: p[0])
+    xs = np.array([r[0] for r in rows], dtype=float)
+    ys = np.array([r[1] for r in rows], dtype=float)
+    if not any(len(r) > 2 for r in rows):
+        return xs, ys, None
+    halves = np.array([r[2] if len(r) > 2 and np.isfinite(r[2]) else 0.0 for r in rows], dtype=float)
+    return xs, ys, halves
+
+
 def _log_if_wide(ax: 'plt.Axes') -> None:
     # Early perplexities dwarf late ones; a log axis keeps the end readable.
     values = [y for line in ax.get_lines() for y in line.get_ydata()]
@@ -43,12 +54,16 @@ def plot_valid_curves(
     curves: Mapping[str, Sequence[Tuple[float, float]]], path: Path, metric_label: str = 'PPL',
     title: str = 'Validation perplexity during training',
 ) -> Path:
-    """``curves``: label -> [(train step, valid metric), ...]."""
+    """``curves``: label -> [(train step, valid metric), ...], or (step, mean, half-width) for a
+    mean over seeds, drawn with its 95% band."""
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for label, points in curves.items():
         if points:
-            steps, values = zip(*sorted(points))
-            ax.plot(steps, values, marker='o', markersize=3, label=label)
+            steps, values, halves = _columns(points)
+            line, = ax.plot(steps, values, marker='o', markersize=3, label=label)
+            if halves is not None:
+                ax.fill_between(steps, values - halves, values + halves, color=line.get_color(), alpha=0.2,
+                                linewidth=0)
     _log_if_wide(ax)
     ax.set_xlabel('training steps')
     ax.set_ylabel(f'valid {metric_label}')
@@ -62,15 +77,16 @@ def plot_versus(
     series: Mapping[str, Sequence[Tuple[float, float]]], path: Path, xlabel: str,
     metric_label: str = 'PPL', title: str = '', log_x: bool = False,
 ) -> Path:
-    """``series``: label -> [(x, final valid metric), ...]."""
+    """``series``: label -> [(x, final valid metric), ...], or (x, mean, half-width) for a mean
+    over seeds, drawn with its 95% error bar."""
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for label, points in series.items():
         if points:
-            xs, ys = zip(*sorted(points))
-            ax.plot(xs, ys, marker='o', label=label)
+            xs, ys, halves = _columns(points)
+            ax.errorbar(xs, ys, yerr=halves, marker='o', capsize=3, label=label)
     if log_x:
         ax.set_xscale('log', base=2)
-        ticks = sorted({x for pts in series.values() for x, _ in pts})
+        ticks = sorted({p[0] for pts in series.values() for p in pts})
         ax.set_xticks(ticks, [f'{t:g}' for t in ticks])
     _log_if_wide(ax)
     ax.set_xlabel(xlabel)
@@ -108,14 +124,3 @@ def plot_expert_load(
     ax.legend()
     return _save(fig, path)
 
-
-def series_by(
-    rows: Sequence[Dict[str, object]], x: str, y: str, label: str
-) -> Dict[str, list]:
-    """Group ``rows`` into ``label -> [(x, y)]``, dropping rows without a value."""
-    out: Dict[str, list] = {}
-    for row in rows:
-        if row.get(y) is None or row.get(x) is None:
-            continue
-        out.setdefault(str(row[label]), []).append((float(row[x]), float(row[y])))  # type: ignore[arg-type]
-    return out

@@ -20,6 +20,9 @@ from parlai_hash.io_utils import atomic_write
 
 RECORD_FORMAT = 1
 
+#: Training examples the kept model is evaluated on after training (the record's ``train``).
+TRAIN_EVAL_EXAMPLES = 1000
+
 
 def numeric_report(report: Mapping[str, Any]) -> Dict[str, float]:
     """A ParlAI report (Metric objects or numbers) as plain finite floats."""

@@ -22,7 +22,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 import pandas as pd
 
 from parlai_hash.io_utils import atomic_write
-from parlai_hash.sweeps.records import read_record
+from parlai_hash.sweeps.records import TRAIN_EVAL_EXAMPLES, read_record
 from parlai_hash.sweeps.spec import Point
 from parlai_hash.sweeps.stats import compare, finite, mean_interval
 
@@ -60,6 +60,33 @@ def _summary(values: Mapping[int, float], column: str) -> Dict[str, Any]:
             f'{column}_n': interval.n, f'{column}_ci_low': interval.low, f'{column}_ci_high': interval.high}
 
 
+#: A run whose valid metric moved less than this over its last fifth of steps has flattened.
+FLAT_CHANGE = 0.05
+
+
+def late_change(curve: Sequence[Mapping[str, float]], metric: str) -> Optional[float]:
+    """Relative change of the valid metric over the last fifth of training: (end − at 80%) / at 80%.
+
+    "At 80%" is the last validation at or before 80% of the final step; None
+    when the curve has no validation that early. Negative: still improving
+    (for perplexity); positive: it rose again (held-out text after the model
+    memorised its training text).
+    """
+    points = sorted((c['train_steps'], c[metric]) for c in curve if metric in c)
+    if len(points) < 2:
+        return None
+    end_step, end_value = points[-1]
+    early = [value for step, value in points if step <= 0.8 * end_step]
+    if not early or not early[-1]:
+        return None
+    return (end_value - early[-1]) / early[-1]
+
+
+def _mean_of(values: Sequence[Optional[float]]) -> Optional[float]:
+    present = [float(v) for v in values if v is not None]
+    return sum(present) / len(present) if present else None
+
+
 def records_frame(points: Sequence[Point], metric: str) -> pd.DataFrame:
     """One row per point (file order); NaN where a point has no record yet."""
     rows: List[Dict[str, Any]] = []
@@ -83,10 +110,14 @@ def records_frame(points: Sequence[Point], metric: str) -> pd.DataFrame:
             f'paper_valid_{metric}': point.paper_row.get('valid'),
             f'paper_test_{metric}': point.paper_row.get('test'),
             'seeds': ','.join(map(str, sorted(by_seed))),
+            # The regime: epochs over the training split, and how much valid still moved at the end.
+            'epochs': _mean_of([r.get('epochs') for r in by_seed.values()]),
+            'valid_late_change': _mean_of([late_change(r.get('valid_curve', []), metric) for r in by_seed.values()]),
         }
         # update keeps the mean columns in place and appends sd, n and bounds after today's columns.
         row.update(_summary(seed_values(by_seed, 'valid', metric), f'valid_{metric}'))
         row.update(_summary(seed_values(by_seed, 'test', metric), f'test_{metric}'))
+        row.update(_summary(seed_values(by_seed, 'train', metric), f'train_{metric}'))
         rows.append(row)
     frame = pd.DataFrame(rows)
     for column in ('params', 'train_steps', 'best_valid_step'):
@@ -125,6 +156,12 @@ def paper_table(frame: pd.DataFrame, metric: str) -> pd.DataFrame:
         f'Valid {label}': cell(f'valid_{metric}'),
         f'Test {label}': cell(f'test_{metric}'),
     })
+    if frame[f'train_{metric}'].notna().any():
+        # The regime beside the result: fit to the training text, epochs, whether valid had flattened.
+        table[f'Train {label}'] = cell(f'train_{metric}')
+        table['Epochs'] = frame['epochs'].map(lambda x: '—' if x is None or pd.isna(x) else f'{x:.2f}')
+        table['Valid Δ last 1/5'] = frame['valid_late_change'].map(
+            lambda x: '—' if x is None or pd.isna(x) else f'{100 * x:+.1f}%')
     if 'paper_row' in frame and frame['paper_row'].notna().any():
         # The numbers the paper prints for the row each point reproduces (at its scale).
         table['Paper row'] = frame['paper_row'].fillna('—')
@@ -143,11 +180,22 @@ def _interval_cell(row: pd.Series, column: str, number: Any) -> str:
     return f'{row[column]:.2f} ± {half:.2f} (n={int(n)})'
 
 
-def interval_note(frame: pd.DataFrame, metric: str) -> str:
-    """The table's footer line on intervals, or '' when every point is one run."""
+REGIME_NOTE = ('Train {label}: the kept model on the first {examples} training examples, in evaluation mode. '
+               'Epochs: passes over the training split. Valid Δ last 1/5: change of valid {label} from the last '
+               'validation at or before 80% of the steps to the end (mean over seeds); within ±{flat:.0f}%, '
+               'the curve has flattened.')
+
+
+def table_notes(frame: pd.DataFrame, metric: str) -> str:
+    """The table's footer: how to read intervals and the regime columns ('' when neither is shown)."""
+    notes = []
     columns = [f'{split}_{metric}_n' for split in ('valid', 'test') if f'{split}_{metric}_n' in frame]
-    several = any((frame[c].fillna(0) >= 2).any() for c in columns)
-    return INTERVAL_NOTE if several else ''
+    if any((frame[c].fillna(0) >= 2).any() for c in columns):
+        notes.append(INTERVAL_NOTE)
+    if frame[f'train_{metric}'].notna().any():
+        notes.append(REGIME_NOTE.format(label=metric_label(metric), examples=f'{TRAIN_EVAL_EXAMPLES:,}',
+                                        flat=100 * FLAT_CHANGE))
+    return '\n\n'.join(notes)
 
 
 def ordering_table(orderings: Sequence[Mapping[str, str]], points: Sequence[Point], metric: str) -> pd.DataFrame:
@@ -204,8 +252,8 @@ def write_report(frame: pd.DataFrame, metric: str, out_dir: Path, stem: str, tit
         frame.to_csv(f, index=False)
     missing = int((~frame['finished']).sum())
     note = f'\n{missing} of {len(frame)} points have no result yet.\n' if missing else ''
-    intervals = interval_note(frame, metric)
-    note += f'\n{intervals}\n' if intervals else ''
+    notes = table_notes(frame, metric)
+    note += f'\n{notes}\n' if notes else ''
     with atomic_write(paths['md']) as f:
         f.write(f'# {title}\n\n{to_markdown(paper_table(frame, metric))}{note}')
         if orderings is not None and len(orderings):

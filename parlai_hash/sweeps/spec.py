@@ -346,7 +346,7 @@ def load_sweep(path: os.PathLike) -> Sweep:
         raise SweepError(stub.where(), "is not a mapping", "start the file with keys such as sweep:, scales:, points:")
     _only_keys(data, SWEEP_KEYS, stub.where())
     if data.get('extends'):
-        data['scales'] = _extended_scales(path, str(data['extends']), data.get('scales') or {}, stub)
+        data['scales'] = _extended_scales(path, data['extends'], data.get('scales') or {}, stub)
     for key in ('scales', 'points'):
         if not data.get(key):
             raise SweepError(stub.where(), f"has no {key}:", f"add a {key}: section")
@@ -423,11 +423,24 @@ def _seed_copy(point: Point, seed: int, originals: Dict[str, Point], copies: Dic
     )
 
 
-def _extended_scales(path: Path, base_name: str, scales: Dict[str, Any], sweep: Sweep,
+def _extended_scales(path: Path, base_name: Any, scales: Dict[str, Any], sweep: Sweep,
                      seen: Tuple[Path, ...] = ()) -> Dict[str, Any]:
     """``extends: settings/x.yaml``: that file's scales (itself possibly extending
     another), with this file's on top (options and slurm merged key by key), so
-    shared settings are written once."""
+    shared settings are written once.
+
+    ``extends: {paper: settings/x.yaml, local: settings/y.yaml}`` takes each
+    scale from its own file (a local twin on other data than the paper's).
+    """
+    if isinstance(base_name, dict):
+        merged: Dict[str, Any] = {}
+        for scale, name in base_name.items():
+            from_file = _extended_scales(path, str(name), {}, sweep, seen)
+            if scale not in from_file:
+                raise SweepError(sweep.where('extends'), f"{name} has no scale {scale!r}",
+                                 f"use one of {', '.join(from_file)} or another file")
+            merged[scale] = from_file[scale]
+        return _merge_scales(merged, scales, sweep)
     base_path = (path.parent / base_name).resolve()
     where = sweep.where('extends')
     if not base_path.exists():
@@ -441,7 +454,12 @@ def _extended_scales(path: Path, base_name: str, scales: Dict[str, Any], sweep: 
     merged = _mapping(base.get('scales') or {}, f'{base_name}: scales')
     if base.get('extends'):
         merged = _extended_scales(base_path, str(base['extends']), merged, sweep, seen + (base_path,))
-    merged = copy.deepcopy(merged)
+    return _merge_scales(merged, scales, sweep)
+
+
+def _merge_scales(base: Dict[str, Any], scales: Dict[str, Any], sweep: Sweep) -> Dict[str, Any]:
+    """``scales`` on top of ``base``: options and slurm merged key by key, descriptions joined."""
+    merged = copy.deepcopy(base)
     for name, own in _mapping(scales, sweep.where('scales')).items():
         target = merged.setdefault(name, {})
         for key, value in _mapping(own or {}, sweep.where(f'scales.{name}')).items():

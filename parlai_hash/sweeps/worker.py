@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from parlai_hash.io_utils import atomic_write
-from parlai_hash.sweeps.records import environment, git_commit, numeric_report, read_record, valid_curve, write_record
+from parlai_hash.sweeps.records import TRAIN_EVAL_EXAMPLES, environment, git_commit, numeric_report, read_record, valid_curve, write_record
 
 
 def write_point_file(path: Path, point: Dict[str, Any]) -> None:
@@ -204,6 +204,23 @@ def best_valid_step(curve: list, metric: str, mode: str) -> Optional[float]:
     return pick(curve, key=lambda c: c[metric])['train_steps']
 
 
+def train_split_report(loop: Any, max_examples: int = TRAIN_EVAL_EXAMPLES) -> Dict[str, float]:
+    """The kept model's metrics on the first ``max_examples`` training examples, in evaluation mode.
+
+    Next to the held-out splits this tells the regime a run is in: far below
+    valid, the model has memorised its training text (several epochs over a
+    small corpus) and held-out orderings may differ from the paper's, which
+    trains for under one epoch. ``train:evalmode`` reads the training split in
+    order, without shuffling, dropout or updates.
+    """
+    from parlai.scripts.train_model import load_eval_worlds
+
+    if max_examples <= 0:
+        return {}
+    worlds = load_eval_worlds(loop.agent, loop.opt, 'train:evalmode')
+    return numeric_report(loop._run_eval(worlds, loop.opt, 'train:evalmode', max_exs=max_examples))
+
+
 def _is_primary() -> bool:
     return int(os.environ.get('SLURM_PROCID', '0')) == 0 if _slurm_tasks() > 1 else True
 
@@ -226,6 +243,7 @@ def run_point_file(point_file: str) -> Optional[Dict[str, Any]]:
     if not _is_primary():
         return None
     valid_report, test_report = loop.final_reports
+    train_report = train_split_report(loop)
     trainstats = {'valid_reports': loop.valid_reports, 'train_steps': loop._train_steps}
     model = getattr(loop.agent.model, 'module', loop.agent.model)
     curve = valid_curve(trainstats, point['metric'])
@@ -238,8 +256,11 @@ def run_point_file(point_file: str) -> Optional[Dict[str, Any]]:
         'metric': point['metric'],
         'valid': numeric_report(valid_report),
         'test': numeric_report(test_report),
+        'train': train_report,
+        'train_eval_examples': int(train_report.get('exs', 0)),
         **count_parameters(model, loop.agent.opt),
         'train_steps': int(trainstats['train_steps']),
+        'epochs': round(float(getattr(loop, '_total_epochs', 0.0)), 3),
         'train_time_s': round(float(loop.train_time.time()), 1),
         'valid_curve': curve,
         'best_valid_step': best_valid_step(curve, point['metric'], loop.agent.opt.get('validation_metric_mode', 'min')),
