@@ -16,6 +16,7 @@ from conftest import fake_srun, free_port
 
 from parlai_hash.sweeps.cli import main as sweeps_main
 from parlai_hash.sweeps.records import TRAIN_EVAL_EXAMPLES, read_record
+from parlai_hash.sweeps.report import late_change
 from parlai_hash.sweeps.runner import plan_run, write_point
 from parlai_hash.sweeps.spec import load_sweep
 
@@ -180,10 +181,12 @@ def test_report_prints_and_writes_the_paper_layout(ran, tmp_path, capsys):
     assert 'Model' in printed and 'Valid PPL' in printed
     md = (tmp_path / 'tiny.md').read_text()
     lines = md.splitlines()
-    assert '| Model | Configuration | Params | Valid PPL | Test PPL |' in lines
+    assert '| Model | Configuration | Params | Valid PPL | Test PPL | Train PPL | Epochs | Valid Δ last 1/5 |' in lines
     hashed = read_record(points['hash'].record_file)
-    assert f"| Hash Layer | 1x{K} random | 18K | {hashed['valid']['ppl']:.2f} | {hashed['test']['ppl']:.2f} |" in lines
-    assert '| Hash Layer | a point that fails | — | — | — |' in lines
+    change = 100 * late_change(hashed['valid_curve'], 'ppl')
+    assert (f"| Hash Layer | 1x{K} random | 18K | {hashed['valid']['ppl']:.2f} | {hashed['test']['ppl']:.2f} | "
+            f"{hashed['train']['ppl']:.2f} | {hashed['epochs']:.2f} | {change:+.1f}% |") in lines
+    assert '| Hash Layer | a point that fails | — | — | — | — | — | — |' in lines
     assert '2 of 5 points have no result yet.' in md and md.rstrip().endswith('Produced by: the test.')
     import pandas as pd
 
