@@ -251,3 +251,17 @@ def test_keep_records_copies_every_seed(tmp_path):
     assert cli.keep_records([p, point(tmp_path, 'unrun')], tmp_path / 'out') == 3
     assert sorted(f.name for f in (tmp_path / 'out' / 'records').iterdir()) == [
         'hash.json', 'hash@seed1.json', 'hash@seed2.json']
+
+
+def test_a_record_made_with_other_options_is_refused(tmp_path):
+    from parlai_hash.sweeps.runner import plan_run
+
+    sweep = load_sweep(sweep_file(tmp_path))
+    points = sweep.points('local', runs_dir=tmp_path / 'runs')
+    parent = points[0]
+    write_record(parent.record_file, {'valid': {'ppl': 5.0}, 'options': dict(parent.options)})
+    assert [p.name for p in plan_run(sweep, points, ['parent']).finished] == ['parent']
+    write_record(parent.record_file, {'valid': {'ppl': 5.0}, 'options': {**parent.options, 'batchsize': 16}})
+    with pytest.raises(SweepError, match=r"parent \(seed 0\): the record .* other options .*batchsize: 16 there, "
+                                         r"2 now.*move that run folder away"):
+        plan_run(sweep, points, ['parent'])

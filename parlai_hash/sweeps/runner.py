@@ -6,6 +6,7 @@ points with the same arguments.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
@@ -38,7 +39,24 @@ def plan_run(sweep: Sweep, points: Sequence[Point], names: Optional[Sequence[str
                 stack.append(by_name[dep])
     ordered = [p for p in points if p.name in wanted]
     finished = [p for p in ordered if read_record(p.record_file) is not None]
+    for point in finished:
+        _refuse_stale(sweep, point)
     return Plan(to_run=[p for p in ordered if p not in finished], finished=finished)
+
+
+def _refuse_stale(sweep: Sweep, point: Point) -> None:
+    """A record made with other options is not this point's result (and its model would be resumed)."""
+    recorded = (read_record(point.record_file) or {}).get('options')
+    wanted = json.loads(json.dumps(point.options))  # as the record stores them
+    if recorded is None or recorded == wanted:
+        return
+    changed = sorted(k for k in set(recorded) | set(wanted) if recorded.get(k) != wanted.get(k))
+    key = changed[0]
+    raise SweepError(
+        sweep.where(), f"{point.name} (seed {point.seed}): the record in {point.run_dir} was made with other "
+        f"options ({len(changed)} differ, e.g. {key}: {recorded.get(key)!r} there, {wanted.get(key)!r} now)",
+        "move that run folder away (or pass --runs-dir) to train it again, or restore the sweep file",
+    )
 
 
 def check_requirements(sweep: Sweep, scale: str) -> None:
