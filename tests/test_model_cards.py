@@ -71,7 +71,7 @@ def test_generated_parts_come_from_the_records(tmp_path):
     assert update_cards(cards / 'cards.yaml') == [cards / 'hash_layer.md']
     text = (cards / 'hash_layer.md').read_text()
     assert '| **Hash Layer** | layers=4, modules=1x16 balanced | 2.5M | 321.99 | 300.50 |' in text
-    assert '| Baseline Transformer | layers=4, d=64, D=64 | 1M | 400.00 | 390.00 |' in text
+    assert '| Baseline Transformer | layers=4, d=128, D=128 | 1M | 400.00 | 390.00 |' in text
     assert '123 steps, seed 5' in text
     assert 'the busiest gets 2.67x the mean' in text  # 30 / (180 / 16)
     assert (cards / 'images' / 'hash_layer_expert_load.png').read_bytes()[:4] == b'\x89PNG'
