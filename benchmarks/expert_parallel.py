@@ -55,7 +55,7 @@ def step(kind: str, layers, routers, x: torch.Tensor, tokens: torch.Tensor, tabl
         if kind == 'switch':
             route = router(RoutingContext.full(tokens, pad_idx=-1), h)
             plan = ExpertParallelPlan.build(route.experts, K, keep=keep)
-            h = h + expert_parallel_forward(h, plan, layer) * route.gates.unsqueeze(-1)
+            h = h + expert_parallel_forward(h, plan, layer, route.gates)
         else:
             plan = shared or ExpertParallelPlan.build(table[tokens], K, keep=keep)
             h = h + expert_parallel_forward(h, plan, layer)
@@ -70,7 +70,7 @@ def reference(kind: str, full: Sequence[ExpertFFN], routers, x: torch.Tensor, to
     for layer, router in zip(full, routers):
         if kind == 'switch':
             route = router(RoutingContext.full(tokens, pad_idx=-1), h)
-            h = h + layer(h, DispatchPlan.from_experts(route.experts, K)) * route.gates.unsqueeze(-1)
+            h = h + layer(h, DispatchPlan.from_experts(route.experts, K), route.gates)
         else:
             h = h + layer(h, DispatchPlan.from_experts(table[tokens], K))
     h.sum().backward()

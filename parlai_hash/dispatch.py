@@ -1,7 +1,9 @@
 """Dispatch: move tokens to stacked expert weights and back.
 
-One fast path for every router: tokens are sorted by expert so that each expert
-runs a single GEMM on a contiguous slice, then the outputs are un-permuted.
+One fast path for every router: a token's k routed rows (k = 1 but for top-k
+routing) are sorted by expert so that each expert runs a single GEMM on a
+contiguous slice, then the outputs are un-permuted and each token's k outputs
+summed, weighted by their gates.
 Routing (which expert a token goes to) lives in ``parlai_hash.routing``; the
 GEMM kernels over sorted rows (per-expert loop, torch's grouped GEMM on CUDA)
 in ``parlai_hash.grouped_gemm``.
@@ -17,23 +19,34 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from parlai_hash.expert_sort import sort_by_expert
 from parlai_hash.grouped_gemm import GEMM_BACKENDS, grouped_linear
 
 
 @dataclass
 class DispatchPlan:
-    """Where each token goes: the sort order, its inverse and per-expert counts.
+    """Where each routed row goes: the sort order, its inverse and per-expert counts.
 
-    Built once from the expert ids; it depends only on routing, so a layer (or
-    several layers with the same routing) can reuse it. Tokens not kept
-    (padding; later, tokens over an expert's capacity) sort after every expert
-    and are not computed: their FFN output is 0, so the residual passes them on.
+    A row is one (token, choice) pair: ``choices`` rows per token, token-major
+    (top-k routing has k choices; one expert per token is 1). Built once from
+    the expert ids; it depends only on routing, so a layer (or several layers
+    with the same routing) can reuse it. Rows not kept (padding, rows over an
+    expert's capacity) sort after every expert and are not computed: their
+    output is 0, so the residual passes them on.
     """
 
-    order: torch.Tensor  # [N] token indices sorted by expert, dropped tokens last
-    inverse: torch.Tensor  # [N] position of each token in the sorted order
-    counts: List[int]  # tokens per expert, length K
-    dropped: int = 0  # tokens at the end of ``order`` that no expert computes
+    order: torch.Tensor  # [N·k] row indices sorted by expert, dropped rows last
+    inverse: torch.Tensor  # [N·k] position of each row in the sorted order
+    counts: List[int]  # rows per expert, length K
+    dropped: int = 0  # rows at the end of ``order`` that no expert computes
+    choices: int = 1  # rows per token (k)
+    #: [N·k] the token each sorted row reads (``order`` itself when k = 1)
+    sources: Optional[torch.Tensor] = None
+
+    def __post_init__(self) -> None:
+        if self.sources is None:
+            self.sources = (self.order if self.choices == 1
+                            else torch.div(self.order, self.choices, rounding_mode='floor'))
 
     @classmethod
     def from_experts(
@@ -41,20 +54,41 @@ class DispatchPlan:
         experts: torch.Tensor,
         num_experts: int,
         keep: Optional[torch.Tensor] = None,
+        choices: int = 1,
     ) -> "DispatchPlan":
+        """``experts``: expert id of every row, token-major (``[..., k]`` or flat);
+        ``keep``: the same shape, False for rows no expert computes."""
         experts = experts.reshape(-1)
         if keep is not None:
             experts = experts.masked_fill(~keep.reshape(-1), num_experts)
-        order = torch.argsort(experts, stable=True)
-        inverse = torch.empty_like(order)
-        inverse[order] = torch.arange(order.numel(), device=order.device)
-        counts = torch.bincount(experts, minlength=num_experts + 1).tolist()
+        groups = sort_by_expert(experts, num_experts + 1)  # id K: dropped, sorted last
+        counts = groups.counts.tolist()
         return cls(
-            order=order,
-            inverse=inverse,
+            order=groups.order,
+            inverse=groups.inverse,
             counts=counts[:num_experts],
             dropped=counts[num_experts],
+            choices=choices,
         )
+
+
+def combine_rows(rows: torch.Tensor, plan: DispatchPlan, gates: Optional[torch.Tensor],
+                 lead_shape: torch.Size) -> torch.Tensor:
+    """Expert outputs of the sorted rows (dropped rows 0) back to their tokens: ``[*lead_shape, b]``.
+
+    ``gates`` (``[*lead_shape, k]`` or None) scale each choice; with k choices a
+    token's output is the gate-weighted sum of its k rows. The sum runs over a
+    gathered ``[N, k, b]`` view rather than an atomic scatter-add, so it is the
+    same in every run; a dropped row adds 0 and gives its gate no gradient.
+    """
+    y = rows.index_select(0, plan.inverse)
+    if plan.choices == 1:
+        y = y.reshape(*lead_shape, rows.shape[-1])
+        return y if gates is None else y * gates
+    y = y.view(-1, plan.choices, rows.shape[-1])
+    if gates is not None:
+        y = y * gates.reshape(-1, plan.choices, 1)
+    return y.sum(1).reshape(*lead_shape, rows.shape[-1])
 
 
 ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
@@ -135,15 +169,16 @@ class ExpertFFN(_ExpertsBase):
         h = self.relu_dropout(self.nonlinear(h))
         return grouped_linear(h, self.expert_w2, self.expert_b2, counts, self.gemm)
 
-    def forward(self, x: torch.Tensor, plan: DispatchPlan) -> torch.Tensor:
-        """``x``: ``[..., d]``; ``plan`` routes its ``N = x.numel() // d`` rows.
+    def forward(self, x: torch.Tensor, plan: DispatchPlan,
+                gates: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``x``: ``[..., d]``; ``plan`` routes its ``N = x.numel() // d`` tokens'
+        ``N·k`` rows; ``gates`` (``[..., k]``) weight each token's k outputs.
 
         Rows the plan drops get output 0 (and no gradient through the experts).
         """
-        shape = x.shape
         flat = x.reshape(-1, self.dim)
-        y = self.forward_sorted(flat.index_select(0, plan.order), plan.counts)
-        return y.index_select(0, plan.inverse).reshape(shape)
+        y = self.forward_sorted(flat.index_select(0, plan.sources), plan.counts)
+        return combine_rows(y, plan, gates, x.shape[:-1])
 
 
 #: ``(rows [N, a], weight [K, a, b], bias [K, b], hash m) -> [N, b]``, one MultiHash segment.

@@ -22,8 +22,9 @@ from typing import Callable, List, Optional, Union
 import torch
 import torch.distributed as dist
 
-from parlai_hash.dispatch import DispatchPlan, ExpertFFN, MultiHashExpertFFN, grouped_linear
+from parlai_hash.dispatch import DispatchPlan, ExpertFFN, MultiHashExpertFFN, combine_rows, grouped_linear
 from parlai_hash.errors import OptionError
+from parlai_hash.expert_sort import sort_by_expert
 
 #: Either kind of expert module (a sparse layer's ``experts``).
 Experts = Union[ExpertFFN, MultiHashExpertFFN]
@@ -62,9 +63,9 @@ def experts_per_rank(num_experts: int, world_size: int) -> int:
 class ExpertParallelPlan:
     """One batch's routing across ranks, from the expert ids alone."""
 
-    local: DispatchPlan  # this rank's tokens sorted by global expert, dropped last
-    send_splits: List[int]  # tokens sent to each rank
-    recv_splits: List[int]  # tokens received from each rank
+    local: DispatchPlan  # this rank's rows sorted by global expert, dropped last
+    send_splits: List[int]  # rows sent to each rank
+    recv_splits: List[int]  # rows received from each rank
     regroup: torch.Tensor  # received rows (source-major) -> local-expert-major
     ungroup: torch.Tensor  # its inverse
     local_counts: List[int]  # tokens per local expert, from all ranks
@@ -77,10 +78,12 @@ class ExpertParallelPlan:
         num_experts: int,
         keep: Optional[torch.Tensor] = None,
         group: Optional[dist.ProcessGroup] = None,
+        choices: int = 1,
     ) -> "ExpertParallelPlan":
+        """``experts``, ``keep``: as for ``DispatchPlan.from_experts`` (``choices`` rows per token)."""
         world = dist.get_world_size(group)
         per_rank = experts_per_rank(num_experts, world)
-        local = DispatchPlan.from_experts(experts, num_experts, keep=keep)
+        local = DispatchPlan.from_experts(experts, num_experts, keep=keep, choices=choices)
         # On the experts' device: NCCL exchanges only CUDA tensors.
         sent = torch.tensor(local.counts, dtype=torch.long, device=experts.device)
         # How many tokens each source rank sends to each of my local experts.
@@ -91,17 +94,10 @@ class ExpertParallelPlan:
         send_splits = counts.sum(1).tolist()
         recv_splits = received.sum(1).tolist()
         # Received rows arrive source by source, each sorted by expert:
-        # reorder them so each local expert's rows (from every source) are contiguous.
-        starts = torch.cumsum(received.flatten(), 0) - received.flatten()
-        starts = starts.view(world, per_rank)
-        pieces = [
-            torch.arange(int(starts[s, j]), int(starts[s, j] + received[s, j]))
-            for j in range(per_rank)
-            for s in range(world)
-        ]
-        regroup = torch.cat(pieces) if pieces else torch.empty(0, dtype=torch.long)
-        ungroup = torch.empty_like(regroup)
-        ungroup[regroup] = torch.arange(regroup.numel())
+        # regroup them so each local expert's rows (from every source) are contiguous.
+        arrived_for = torch.arange(per_rank).repeat(world).repeat_interleave(received.flatten())
+        regrouped = sort_by_expert(arrived_for, per_rank)
+        regroup, ungroup = regrouped.order, regrouped.inverse
         return cls(
             local=local,
             send_splits=send_splits,
@@ -114,25 +110,27 @@ class ExpertParallelPlan:
 
 
 def expert_parallel_forward(
-    x: torch.Tensor, plan: ExpertParallelPlan, compute: Union[ExpertFFN, GroupedFn]
+    x: torch.Tensor, plan: ExpertParallelPlan, compute: Union[ExpertFFN, GroupedFn],
+    gates: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """Experts over ranks: ``x [..., a]`` -> ``[..., b]`` (dropped rows 0).
 
     ``compute`` runs this rank's experts on the rows they received, sorted by
     local expert: an ``ExpertFFN`` (its whole FFN) or any grouped function,
-    e.g. one MultiHash segment.
+    e.g. one MultiHash segment. With k choices per token, ``gates [..., k]``
+    weight the k outputs that come back (see ``dispatch.combine_rows``).
     """
     if isinstance(compute, ExpertFFN):
         compute = compute.forward_sorted
     flat = x.reshape(-1, x.shape[-1])
     kept = sum(plan.send_splits)
-    outgoing = flat.index_select(0, plan.local.order[:kept])
+    outgoing = flat.index_select(0, plan.local.sources[:kept])
     incoming = AllToAll.apply(outgoing, plan.recv_splits, plan.send_splits, plan.group)
     y = compute(incoming.index_select(0, plan.regroup), plan.local_counts)
     returned = AllToAll.apply(y.index_select(0, plan.ungroup), plan.send_splits, plan.recv_splits, plan.group)
     if plan.local.dropped:
         returned = torch.cat([returned, returned.new_zeros(plan.local.dropped, y.shape[-1])])
-    return returned.index_select(0, plan.local.inverse).reshape(*x.shape[:-1], y.shape[-1])
+    return combine_rows(returned, plan.local, gates, x.shape[:-1])
 
 
 def multihash_expert_parallel_forward(

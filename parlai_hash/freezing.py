@@ -4,7 +4,8 @@
 | none            | everything                                                       |
 | experts         | everything except the sparse layers' expert weights             |
 | router          | everything except the learned router (Switch router / Token      |
-|                 | Switch embedding / BASE centroids); hash routing has none        |
+|                 | Switch embedding / BASE centroids / hash layers' learned gates,  |
+|                 | ``--hash-gates learned``); hash tables are fixed buffers anyway  |
 | all-but-experts | only the sparse layers' expert weights                           |
 | all-but-last    | only the last decoder layer and the output                       |
 
@@ -66,7 +67,8 @@ def apply_freeze(model: nn.Module, mode: str, n_decoder_layers: int) -> Dict[str
     if mode == 'router' and not any(is_router(n) for n in names):
         raise OptionError(
             '--freeze',
-            "router: this model's routing has no parameters (hash routing is a fixed table)",
+            "router: this model's routing has no parameters (hash routing is a fixed table; "
+            "only --hash-gates learned adds some)",
             "use --freeze experts, all-but-experts or all-but-last",
         )
     if mode in ('experts', 'all-but-experts') and not any(is_expert(n) for n in names):

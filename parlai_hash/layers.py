@@ -36,7 +36,8 @@ RouterFactory = Callable[[str], nn.Module]
 
 
 class SparseFFN(nn.Module):
-    """Drop-in for ``TransformerFFN``: routes each token to one of K experts."""
+    """Drop-in for ``TransformerFFN``: routes each token to k of K experts (k = 1:
+    one expert; MultiHash: one expert per segment)."""
 
     def __init__(
         self,
@@ -49,12 +50,14 @@ class SparseFFN(nn.Module):
         relu_dropout: float = 0.0,
         activation: str = 'relu',
         num_hashes: int = 1,
+        experts_per_token: int = 1,
         **kwargs,
     ):
         super().__init__()
         self.name = name
         self.num_experts = num_experts
         self.num_hashes = num_hashes
+        self.experts_per_token = experts_per_token
         self.router = router
         if num_hashes == 1:
             self.experts = ExpertFFN(num_experts, dim, dim_hidden, relu_dropout, activation)
@@ -84,44 +87,45 @@ class SparseFFN(nn.Module):
     def forward(self, x: torch.Tensor, **kwargs) -> torch.Tensor:
         if self.routing is None:
             raise RuntimeError(f"{self.name}: no routing context was bound before forward")
-        decided = self.router(self.routing, x)
-        route = decided if isinstance(decided, Route) else Route(experts=decided)
+        route: Route = self.router(self.routing, x)
         experts = route.experts
-        expected = x.shape[:-1] if self.num_hashes == 1 else (*x.shape[:-1], self.num_hashes)
-        if tuple(experts.shape) != tuple(expected):
+        choices = self.num_hashes if self.num_hashes > 1 else self.experts_per_token
+        expected = (*x.shape[:-1], choices)
+        if tuple(experts.shape) != expected:
             raise RuntimeError(
-                f"{self.name}: router gave {tuple(experts.shape)} ids for "
-                f"{tuple(expected)} routes"
+                f"{self.name}: router gave {tuple(experts.shape)} ids for {expected} routes"
             )
-        # Padding and tokens over capacity are not computed: their FFN output
+        # Padding and rows over capacity are not computed: their FFN output
         # is 0 and the residual carries them.
         real = self.routing.mask
-        keep = real if route.keep is None else real & route.keep
+        keep = real.unsqueeze(-1).expand_as(experts)
+        if route.keep is not None:
+            keep = keep & route.keep
         self._load_of = (experts.detach(), real)
         self._last_load = None
         self.last_route = route
-        # One plan per hash (MultiHash: hash m routes segment m).
-        per_hash = [experts] if self.num_hashes == 1 else experts.unbind(-1)
-        if self.expert_parallel and self.training:
-            plans = self._plan(decided, 'expert-parallel', lambda: [
-                ExpertParallelPlan.build(e, self.num_experts, keep=keep, group=self.expert_group)
-                for e in per_hash])
-            if self.num_hashes == 1:
-                y = expert_parallel_forward(x, plans[0], self.experts)
-            else:
-                y = multihash_expert_parallel_forward(x, plans, self.experts)
+        # What each plan routes: all k choices at once, or (MultiHash) hash m's segment.
+        if self.num_hashes == 1:
+            rows = [(experts, keep, choices)]
         else:
-            plans = self._plan(decided, 'local', lambda: [
-                DispatchPlan.from_experts(e, self.num_experts, keep=keep) for e in per_hash])
-            y = self._all_experts()(x, plans[0] if self.num_hashes == 1 else plans)
-        if route.gates is not None:
-            y = y * route.gates.unsqueeze(-1)
-        return y
+            rows = list(zip(experts.unbind(-1), keep.unbind(-1), [1] * choices))
+        if self.expert_parallel and self.training:
+            plans = self._plans(route, 'expert-parallel', lambda: [
+                ExpertParallelPlan.build(e, self.num_experts, keep=k, group=self.expert_group, choices=c)
+                for e, k, c in rows])
+            if self.num_hashes == 1:
+                return expert_parallel_forward(x, plans[0], self.experts, route.gates)
+            return multihash_expert_parallel_forward(x, plans, self.experts)
+        plans = self._plans(route, 'local', lambda: [
+            DispatchPlan.from_experts(e, self.num_experts, keep=k, choices=c) for e, k, c in rows])
+        if self.num_hashes == 1:
+            return self._all_experts()(x, plans[0], route.gates)
+        return self._all_experts()(x, plans)
 
     @property
     def last_load(self) -> Optional[torch.Tensor]:
-        """Real tokens per expert in the last forward (CPU, ``[K]``); MultiHash
-        counts every hash's choice. None before the first forward."""
+        """Real tokens per expert in the last forward (CPU, ``[K]``); top-k and
+        MultiHash count every choice. None before the first forward."""
         if self._last_load is None and self._load_of is not None:
             self._last_load = self.load_on_device().cpu()
         return self._last_load
@@ -132,8 +136,7 @@ class SparseFFN(nn.Module):
         if self._load_of is None:
             return None
         experts, real = self._load_of
-        if experts.dim() > real.dim():  # MultiHash: [B, T, H]
-            real = real.unsqueeze(-1).expand_as(experts)
+        real = real.unsqueeze(-1).expand_as(experts)  # [B, T, k]
         counts = torch.bincount(experts.reshape(-1), weights=real.reshape(-1).to(torch.float64),
                                 minlength=self.num_experts)
         return counts.round().to(torch.long)
@@ -150,25 +153,26 @@ class SparseFFN(nn.Module):
             raise RuntimeError(f"{self.name}: expert-parallel experts were not gathered for evaluation")
         return self.full_experts
 
-    def _plan(self, decided, kind: str, build):
-        """Plans (one per hash) shared with other layers routed by the same hash table, else new.
+    def _plans(self, route: Route, kind: str, build: Callable[[], list]) -> list:
+        """Plans (one per hash) shared with other layers whose route has the same
+        ``plan_key`` in this forward pass, else new.
 
         Hash routing is known from the token ids alone, so layers sharing a table
         (``--hash-per-layer same``) share one plan per forward pass; in
         expert-parallel training that saves a count exchange per layer. Learned
-        routers decide per layer from the hidden state: always a new plan.
+        routers decide per layer from the hidden state: no key, always a new plan.
         """
-        table_key = getattr(self.router, 'table_key', None)
-        if isinstance(decided, Route) or table_key is None:
+        if route.plan_key is None:
             return build()
-        key = (kind, table_key)
+        key = (kind, route.plan_key)
         if key not in self.routing.plans:
             self.routing.plans[key] = build()
         return self.routing.plans[key]
 
 
 def sparse_ffn_builder(
-    name: str, num_experts: int, router_factory: RouterFactory, num_hashes: int = 1
+    name: str, num_experts: int, router_factory: RouterFactory, num_hashes: int = 1,
+    experts_per_token: int = 1,
 ):
     """A ``feedforward=`` swappable constructor for one sparse layer."""
 
@@ -183,6 +187,7 @@ def sparse_ffn_builder(
             relu_dropout=relu_dropout,
             activation=activation,
             num_hashes=num_hashes,
+            experts_per_token=experts_per_token,
         )
 
     return build
@@ -334,10 +339,12 @@ class SparseTransformerModel(TransformerGeneratorModel):
         encoder_layers,
         router_factory: RouterFactory,
         num_hashes: int = 1,
+        experts_per_token: int = 1,
     ) -> "SparseTransformerModel":
         def builders(prefix, layers):
             return {
-                i: sparse_ffn_builder(f'{prefix}{i}', num_experts, router_factory, num_hashes)
+                i: sparse_ffn_builder(f'{prefix}{i}', num_experts, router_factory, num_hashes,
+                                      experts_per_token)
                 for i in layers
             }
 

@@ -104,13 +104,30 @@ def default_decoder_layer(n_layers: int) -> int:
     return max(n_layers - 2, 0)
 
 
+def check_experts_per_token(experts_per_token: Any, num_experts: int, num_hashes: int) -> None:
+    """k distinct experts per token: 1 <= k <= K, and not with MultiHash."""
+    k = experts_per_token
+    if not isinstance(k, int) or k < 1:
+        raise OptionError('--experts-per-token', f"got {k!r}, need at least 1",
+                          "pass --experts-per-token 1 (one expert per token) or more")
+    if k > num_experts:
+        raise OptionError('--experts-per-token',
+                          f"{k} distinct experts per token, but --num-experts is {num_experts}",
+                          f"pass --experts-per-token {num_experts} or less, or more --num-experts")
+    if k > 1 and num_hashes > 1:
+        raise OptionError('--multihash', f"MultiHash routes each segment to one expert; it does not "
+                          f"combine with --experts-per-token {k}",
+                          "pass --multihash 1, or --experts-per-token 1")
+
+
 @dataclass(frozen=True)
 class SparsePlacement:
-    """Which layers are sparse and how many experts each has."""
+    """Which layers are sparse, how many experts each has and how many a token uses."""
 
     num_experts: int
     decoder_layers: Tuple[int, ...]
     encoder_layers: Tuple[int, ...]
+    experts_per_token: int = 1
 
     @classmethod
     def from_opt(cls, opt: Mapping[str, Any]) -> "SparsePlacement":
@@ -141,6 +158,8 @@ class SparsePlacement:
         num_hashes = opt.get('multihash') or 1
         if num_hashes > 1:
             check_multihash(num_hashes, opt['embedding_size'], opt['ffn_size'])
+        experts_per_token = opt.get('experts_per_token', 1)
+        check_experts_per_token(experts_per_token, num_experts, num_hashes)
         warn_if_expert_parallel_unused(opt)
-        return cls(num_experts, decoder_layers, encoder_layers)
+        return cls(num_experts, decoder_layers, encoder_layers, experts_per_token)
 

@@ -81,12 +81,12 @@ def test_switch_output_is_the_gate_times_the_routed_expert_and_trains_the_router
     ffn.routing = ctx_for(tokens)
     y = ffn(x)
     route = ffn.last_route
-    keep = route.keep
+    keep, gates, experts = route.keep.squeeze(-1), route.gates.squeeze(-1), route.experts.squeeze(-1)
     assert keep is not None and (~keep & (tokens != 0)).any() and keep.any()
     probs = (x @ router.router_weight.t()).softmax(-1)
-    torch.testing.assert_close(route.gates, probs.max(-1).values)  # gate: top-1 probability
-    assert torch.all(route.gates < 0.9)  # far from 1: an ungated output would differ
-    expected = route.gates.unsqueeze(-1) * expert_reference(ffn, x, route.experts, F.gelu)
+    torch.testing.assert_close(gates, probs.max(-1).values)  # gate: top-1 probability
+    assert torch.all(gates < 0.9)  # far from 1: an ungated output would differ
+    expected = gates.unsqueeze(-1) * expert_reference(ffn, x, experts, F.gelu)
     torch.testing.assert_close(y[keep], expected[keep], rtol=1e-5, atol=1e-6)
     assert torch.all(y[~keep] == 0)
     # no balancing loss: the router learns only through the gate
@@ -110,8 +110,8 @@ def test_base_output_is_the_sigmoid_affinity_times_the_routed_expert():
         y = ffn(x)
         route = ffn.last_route
         assert route.keep is None
-        affinity = (x @ router.centroids.t()).gather(-1, route.experts.unsqueeze(-1)).squeeze(-1)
-        torch.testing.assert_close(route.gates, torch.sigmoid(affinity))
+        affinity = (x @ router.centroids.t()).gather(-1, route.experts).squeeze(-1)
+        torch.testing.assert_close(route.gates.squeeze(-1), torch.sigmoid(affinity))
         expected = torch.sigmoid(affinity).unsqueeze(-1) * expert_reference(ffn, x, route.experts, F.relu)
         torch.testing.assert_close(y[real], expected[real], rtol=1e-5, atol=1e-6)
         assert torch.all(y[~real] == 0)
@@ -160,13 +160,14 @@ def capacity_batch(seed):
 
 def assert_capacity_exact(route, router, tokens, hidden, factor):
     real = tokens != 0
+    experts = route.experts.squeeze(-1)  # one choice per token
     # the routing itself, independently: argmax of the router logits
-    assert torch.equal(route.experts, (hidden @ router.router_weight.t()).argmax(-1))
-    keep, capacity, taken = expected_keep(route.experts, real, K, factor)
+    assert torch.equal(experts, (hidden @ router.router_weight.t()).argmax(-1))
+    keep, capacity, taken = expected_keep(experts, real, K, factor)
     assert capacity == 3
     # the batch must exercise the rule: some expert over capacity, one filled to it
     assert (real & ~keep).any() and capacity in taken
-    assert route.keep.tolist() == keep.tolist()
+    assert route.keep.squeeze(-1).tolist() == keep.tolist()
     dropped = int((real & ~keep).sum()) / int(real.sum())
     assert route.stats['dropped'] == pytest.approx(dropped, abs=1e-12)
 
@@ -181,7 +182,7 @@ def test_switch_capacity_drops_are_counted_and_skip_the_ffn():
     ffn.routing = ctx_for(tokens)
     y = ffn(x)
     assert_capacity_exact(ffn.last_route, router, tokens, x, 0.6)
-    keep = ffn.last_route.keep
+    keep = ffn.last_route.keep.squeeze(-1)
     assert torch.all(y[~keep] == 0)  # dropped tokens and padding: only the residual carries them
     assert torch.all(y[keep].abs().sum(-1) > 0)
     router.eval()
@@ -227,12 +228,12 @@ def test_base_router_balances_in_training_and_is_greedy_in_eval():
     router.train()
     route = router(ctx_for(tokens), hidden)
     real = tokens != 0
-    assert torch.bincount(route.experts[real], minlength=4).tolist() == expert_capacities(16, 4).tolist()
+    assert torch.bincount(route.experts[real].reshape(-1), minlength=4).tolist() == expert_capacities(16, 4).tolist()
     router.eval()
     route = router(ctx_for(tokens), hidden)
     scores = hidden @ router.centroids.t()
-    assert torch.equal(route.experts, scores.argmax(-1))
-    torch.testing.assert_close(route.gates, torch.sigmoid(scores.max(-1).values))
+    assert torch.equal(route.experts, scores.argmax(-1, keepdim=True))
+    torch.testing.assert_close(route.gates, torch.sigmoid(scores.max(-1, keepdim=True).values))
 
 
 @pytest.fixture(scope='module')

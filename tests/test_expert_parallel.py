@@ -35,7 +35,7 @@ def route(kind, router, table, tokens, x):
     if kind == 'hash':
         return table[tokens], ctx.mask, None
     r = router(ctx, x)
-    return r.experts, ctx.mask & r.keep, r.gates
+    return r.experts.squeeze(-1), ctx.mask & r.keep.squeeze(-1), r.gates.squeeze(-1)  # one choice per token
 
 
 def worker(rank, world, init, out_dir, kind):

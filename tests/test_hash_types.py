@@ -45,10 +45,10 @@ def route(router, history, labels, preds, p, mode):
     if mode == 'forced':
         ctx = RoutingContext.full(history, PAD, next_tokens=labels)
         ctx.predicted_next = preds
-        return router(ctx)[0, p].item()
+        return router(ctx).experts[0, p, 0].item()
     ctx = RoutingContext.incremental(history[:, : p + 1], PAD)
     ctx.predicted_next = preds[:, p : p + 1]
-    return router(ctx)[0, 0].item()
+    return router(ctx).experts[0, 0, 0].item()
 
 
 def random_tokens(gen, n):
@@ -128,11 +128,11 @@ def test_multihash_routes_one_expert_per_hash_with_different_tables():
     assert router.table.shape == (3, V)
     assert not torch.equal(router.table[0], router.table[1])
     ctx = RoutingContext.full(torch.randint(1, V, (2, 5)), PAD)
-    assert router(ctx).shape == (2, 5, 3)
+    assert router(ctx).experts.shape == (2, 5, 3)
 
 
 def test_bigram_hash_stays_in_range_for_large_ids():
     router = make_router('bigram')
     ctx = RoutingContext.full(torch.tensor([[2**20, 2**21 - 1, 7, 2**20 + 5]]), PAD)
-    experts = router(ctx)
+    experts = router(ctx).experts
     assert experts.min() >= 0 and experts.max() < K

@@ -73,9 +73,10 @@ def test_router_table_is_a_buffer_and_routes_current_tokens():
     assert 'table' in router.state_dict()
     history = torch.tensor([[1, 7, 9, 11], [1, 3, 0, 0]])
     full = router(RoutingContext.full(history, pad_idx=0))
-    assert torch.equal(full, router.table[0][history])
+    assert torch.equal(full.experts, router.table[0][history].unsqueeze(-1))  # [B, T, k=1]
+    assert full.gates is None and full.keep is None
     step = router(RoutingContext.incremental(history[:, :3], pad_idx=0))
-    assert torch.equal(step, router.table[0][history[:, 2:3]])
+    assert torch.equal(step.experts, router.table[0][history[:, 2:3]].unsqueeze(-1))
 
 
 def test_context_in_incremental_mode():

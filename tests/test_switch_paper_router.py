@@ -33,7 +33,7 @@ def test_token_switch_reads_its_logits_from_a_vocabulary_table():
     assert router.token_logits.weight.shape == (V, K)
     tokens = torch.randint(1, V, (2, 5))
     route = router(RoutingContext.full(tokens, 0), torch.randn(2, 5, D))
-    assert torch.equal(route.experts, router.token_logits.weight[tokens].argmax(-1))
+    assert torch.equal(route.experts, router.token_logits.weight[tokens].argmax(-1, keepdim=True))
     earlier = SwitchRouter(D, K, V, source='token', token_table='embedding', bias=False)
     assert {n for n, _ in earlier.named_parameters()} == {'token_embedding.weight', 'router_weight'}
 

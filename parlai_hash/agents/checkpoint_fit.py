@@ -81,6 +81,14 @@ def check_checkpoint_fits(
             '--token-switch-table', f"the checkpoint's Token Switch router uses a {had} table",
             f"pass --token-switch-table {had} as it was trained",
         )
+    if theirs_routing ^ ours_routing == {'gate.weight'}:
+        had = 'gate.weight' in theirs_routing
+        raise OptionError(
+            '--hash-gates', f"the checkpoint's hash layers {'have' if had else 'have no'} learned "
+            f"gates, these options build {'none' if had else 'them'}",
+            "pass --hash-gates learned as it was trained" if had
+            else "pass the --hash-gates it was trained with (none or uniform; its .opt file)",
+        )
     if theirs_routing != ours_routing:
         raise OptionError(
             '--model', f"the checkpoint's routers hold {sorted(theirs_routing)}, the routers these "
@@ -89,12 +97,21 @@ def check_checkpoint_fits(
             f"use the options it was trained with (its .opt file), {_FRESH}",
         )
     for key, value in state.items():
-        if key.endswith('router.table') and key in own and own[key].shape != value.shape:
-            # Token-indexed tables have one entry per dictionary token.
+        if not (key.endswith('router.table') and key in own and own[key].shape != value.shape):
+            continue
+        # Top-k tables are [N, V, k]; one expert per token, [N, V].
+        theirs_k, ours_k = (t.shape[2] if t.dim() == 3 else 1 for t in (value, own[key]))
+        if theirs_k != ours_k:
             raise OptionError(
-                '--dict-file or --hash-type',
-                f"the checkpoint's routing table ({key}) has shape {tuple(value.shape)}, these "
-                f"options build {tuple(own[key].shape)}: it was built for a dictionary of another "
-                "size or another hash type",
-                "use the dictionary (its .dict file) and --hash-type it was trained with",
+                '--experts-per-token', f"the checkpoint's routing table ({key}) gives {theirs_k} "
+                f"expert(s) per token, these options {ours_k}",
+                f"pass --experts-per-token {theirs_k} as it was trained",
             )
+        # Token-indexed tables have one entry per dictionary token.
+        raise OptionError(
+            '--dict-file or --hash-type',
+            f"the checkpoint's routing table ({key}) has shape {tuple(value.shape)}, these "
+            f"options build {tuple(own[key].shape)}: it was built for a dictionary of another "
+            "size or another hash type",
+            "use the dictionary (its .dict file) and --hash-type it was trained with",
+        )

@@ -81,6 +81,13 @@ class SparseGeneratorAgent(TransformerGeneratorAgent):
             help='Experts (K) in every sparse layer.',
         )
         group.add_argument(
+            '--experts-per-token',
+            type=int,
+            default=1,
+            help='Top-k routing: each token goes to k distinct experts and its output is the '
+            'gate-weighted sum of theirs (k = 1: one expert, as in the paper).',
+        )
+        group.add_argument(
             '--freeze',
             type=str,
             default='none',
@@ -126,6 +133,14 @@ class SparseGeneratorAgent(TransformerGeneratorAgent):
             check_training_options(opt)
         super().__init__(opt, shared)
 
+    @classmethod
+    def upgrade_opt(cls, opt_from_disk: Opt) -> Opt:
+        # Models saved before top-k routing sent each token to one expert.
+        opt_from_disk = super().upgrade_opt(opt_from_disk)
+        if 'experts_per_token' not in opt_from_disk:
+            opt_from_disk['experts_per_token'] = 1
+        return opt_from_disk
+
     def build_router(self, name: str) -> nn.Module:
         raise NotImplementedError
 
@@ -156,6 +171,7 @@ class SparseGeneratorAgent(TransformerGeneratorAgent):
             encoder_layers=placement.encoder_layers,
             router_factory=self.build_router,
             num_hashes=self._num_hashes(),
+            experts_per_token=placement.experts_per_token,
         )
         model.half_dtype = HALF_DTYPES[self.opt.get('fp16_dtype', 'float16')]
         if (self.opt.get('fp16') and model.half_dtype == torch.bfloat16

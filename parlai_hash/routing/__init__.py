@@ -1,8 +1,9 @@
 """Routing: which expert each token goes to.
 
-Hash routing (``HashRouter`` with the ``HASH_TYPES`` registry), the learned
-Switch / Token Switch router and BASE layers' balanced assignment live here;
-moving tokens to experts is ``parlai_hash.dispatch``'s job.
+Hash routing (``HashRouter`` with the ``HASH_TYPES`` registry and its
+``--hash-gates``), the learned Switch / Token Switch router and BASE layers'
+balanced assignment live here. Every router returns a ``Route`` (k experts
+per token); moving tokens to experts is ``parlai_hash.dispatch``'s job.
 """
 
 from parlai_hash.routing.context import RoutingContext
@@ -12,6 +13,7 @@ from parlai_hash.routing.hash_functions import (
     TableInputs,
     register_hash,
 )
+from parlai_hash.routing.hash_gates import HASH_GATES, LearnedHashGate
 from parlai_hash.routing.hash_router import HashRouter, hash_function_class, make_hash_function
 from parlai_hash.routing.assignment import balanced_assignment
 from parlai_hash.routing.base_router import BaseRouter
@@ -25,6 +27,8 @@ __all__ = [
     'register_hash',
     'TableInputs',
     'hash_function_class',
+    'HASH_GATES',
+    'LearnedHashGate',
     'HashRouter',
     'make_hash_function',
     'balanced_assignment',

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import torch
 
+from parlai_hash.expert_sort import sort_by_expert
+
 
 def expert_capacities(num_tokens: int, num_experts: int, device=None) -> torch.Tensor:
     caps = torch.full((num_experts,), num_tokens // num_experts, dtype=torch.long, device=device)
@@ -53,14 +55,11 @@ def balanced_assignment(
         paid[free] = bid
         # Each expert keeps its highest-paying tokens, up to capacity.
         held = (owner >= 0).nonzero().squeeze(1)
+        # highest payers first, so each token's rank within its expert orders by what it paid
+        held = held[torch.argsort(-paid[held], stable=True)]
         experts = owner[held]
-        # by expert, and within an expert by what was paid, highest first
-        order = torch.argsort(-paid[held], stable=True)
-        order = order[torch.argsort(experts[order], stable=True)]
-        held, experts = held[order], experts[order]
-        counts = torch.bincount(experts, minlength=num_experts)
-        starts = torch.cumsum(counts, 0) - counts
-        rank = torch.arange(held.numel(), device=device) - starts[experts]
+        groups = sort_by_expert(experts, num_experts)
+        counts, rank = groups.counts, groups.rank
         evicted = held[rank >= capacity[experts]]
         owner[evicted] = -1
         # A full expert's price is what its weakest kept token paid.

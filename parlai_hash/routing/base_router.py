@@ -36,5 +36,6 @@ class BaseRouter(nn.Module):
             experts[real] = balanced_assignment(scores[real], eps=self.auction_eps)
         else:
             experts = scores.argmax(dim=-1)
-        chosen = scores.gather(-1, experts.unsqueeze(-1)).squeeze(-1)
+        experts = experts.unsqueeze(-1)  # one choice per token
+        chosen = scores.gather(-1, experts)
         return Route(experts=experts, gates=torch.sigmoid(chosen).to(hidden.dtype))

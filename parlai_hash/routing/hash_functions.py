@@ -5,8 +5,9 @@ checkpoint, and maps a ``RoutingContext`` to expert ids with it. Adding a type
 means writing a subclass and decorating it with ``@register_hash('name')``.
 
 | type        | routes on                                  | table                              |
-| random      | the current token x_t                      | token -> random expert             |
+| random      | the current token x_t                      | token -> random expert (top-k: k)  |
 | balanced    | x_t                                        | greedy by frequency, 2 choices     |
+|             |                                            | (top-k: k slots, distinct experts) |
 | bigram      | (x_{t-1}, x_t)                             | universal-hash coefficients (a,b,c) |
 | previous    | x_{t-1} (position 0: expert 0)             | token -> random expert             |
 | position    | the position t                             | position -> random expert          |
@@ -53,25 +54,29 @@ class HashFunction:
     needs_counts: bool = False
     needs_embeddings: bool = False
     needs_predictor: bool = False
+    #: whether it can build ``[V, k]`` tables: k distinct experts per token
+    top_k: bool = False
 
-    def __init__(self, num_experts: int, seed: int):
+    def __init__(self, num_experts: int, seed: int, experts_per_token: int = 1):
         self.num_experts = num_experts
         self.seed = seed
+        self.experts_per_token = experts_per_token
 
     def generator(self) -> torch.Generator:
         return torch.Generator().manual_seed(self.seed)
 
     def table_shape(self, inputs: TableInputs) -> tuple:
         """Shape of the table, known without building it."""
-        return {'token': (inputs.vocab_size,), 'position': (inputs.n_positions,),
-                'coefficients': (3,)}[self.indexed_by]
+        shape = {'token': (inputs.vocab_size,), 'position': (inputs.n_positions,),
+                 'coefficients': (3,)}[self.indexed_by]
+        return shape if self.experts_per_token == 1 else (*shape, self.experts_per_token)
 
     def build_table(self, inputs: TableInputs) -> torch.Tensor:
         """The table saved in the checkpoint (built once)."""
         return torch.randint(self.num_experts, (inputs.vocab_size,), generator=self.generator())
 
     def experts(self, table: torch.Tensor, ctx: RoutingContext) -> torch.Tensor:
-        """``[B, T]`` expert id of each token processed now."""
+        """``[B, T]`` expert id of each token processed now (``[B, T, k]`` from a top-k table)."""
         return table[ctx.tokens]
 
 
@@ -87,9 +92,28 @@ def register_hash(name: str) -> Callable[[Type[HashFunction]], Type[HashFunction
     return deco
 
 
+def distinct_random_experts(vocab_size: int, num_experts: int, per_token: int,
+                            gen: torch.Generator, chunk: int = 4096) -> torch.Tensor:
+    """``[V, per_token]`` distinct uniformly random experts per token, in random
+    order; drawn ``chunk`` tokens at a time (bounds memory for large V·K)."""
+    chunks = [torch.empty(0, per_token, dtype=torch.long)]
+    for start in range(0, vocab_size, chunk):
+        rows = min(chunk, vocab_size - start)
+        chunks.append(torch.rand(rows, num_experts, generator=gen).topk(per_token, dim=1).indices)
+    return torch.cat(chunks)
+
+
 @register_hash('random')
 class RandomHash(HashFunction):
-    """Each dictionary token gets a fixed, uniformly random expert."""
+    """Each dictionary token gets a fixed, uniformly random expert (top-k: k distinct ones)."""
+
+    top_k = True
+
+    def build_table(self, inputs):
+        if self.experts_per_token == 1:
+            return super().build_table(inputs)
+        return distinct_random_experts(inputs.vocab_size, self.num_experts, self.experts_per_token,
+                                       self.generator())
 
 
 def water_level(counts: Sequence[float], num_experts: int) -> float:
@@ -125,48 +149,55 @@ class BalancedHash(HashFunction):
     """
 
     needs_counts = True
-    #: candidate experts per token
+    top_k = True
+    #: candidate experts per slot
     choices = 2
     #: tokens whose candidates are drawn at once (bounds memory for large V·K)
     candidate_chunk = 4096
 
     def candidates(self, vocab_size: int, gen: torch.Generator) -> torch.Tensor:
-        """``[V, d]`` distinct random experts per token, in random order."""
-        d = min(self.choices, self.num_experts)
-        chunks = [torch.empty(0, d, dtype=torch.long)]
-        for start in range(0, vocab_size, self.candidate_chunk):
-            rows = min(self.candidate_chunk, vocab_size - start)
-            chunks.append(torch.rand(rows, self.num_experts, generator=gen).topk(d, dim=1).indices)
-        return torch.cat(chunks)
+        """``[V, c]`` distinct random experts per token, in random order: ``choices``
+        for the first slot and one more per further slot."""
+        c = min(self.choices + self.experts_per_token - 1, self.num_experts)
+        return distinct_random_experts(vocab_size, self.num_experts, c, gen, self.candidate_chunk)
 
     def build_table(self, inputs: TableInputs) -> torch.Tensor:
+        """``[V]`` (``[V, k]`` with k slots per token: each slot carries the token's
+        count, goes to the emptier of the first ``choices`` candidates the token
+        does not hold yet, and the water level is that of the k·counts)."""
+        k = self.experts_per_token
         counts = inputs.token_counts.to(torch.float64)
         gen = self.generator()
         shuffled = torch.randperm(inputs.vocab_size, generator=gen)
         order = shuffled[torch.argsort(-counts[shuffled], stable=True)].tolist()
         candidates = self.candidates(inputs.vocab_size, gen).tolist()
         values = counts.tolist()
-        capacity = water_level(values, self.num_experts)
+        capacity = water_level(values * k, self.num_experts)
         # the fallback scans experts in a seeded order, so labels differ between seeds too
         experts = torch.randperm(self.num_experts, generator=gen).tolist()
         load = [0.0] * self.num_experts
         n_types = [0] * self.num_experts
         n_unseen = [0] * self.num_experts
-        table = [0] * inputs.vocab_size
+        table = [[0] * k for _ in range(inputs.vocab_size)]
         for tok in order:
             count = values[tok]
-            # min keeps the first of equal candidates, and their order is random
-            if count > 0:
-                e = min(candidates[tok], key=lambda x: (load[x], n_types[x]))
-                if load[e] + count > capacity:
-                    e = min(experts, key=lambda x: (load[x], n_types[x]))
-            else:
-                e = min(candidates[tok], key=lambda x: (n_unseen[x], load[x]))
-                n_unseen[e] += 1
-            table[tok] = e
-            load[e] += count
-            n_types[e] += 1
-        return torch.tensor(table, dtype=torch.long)
+            held = table[tok]
+            for slot in range(k):
+                free = [x for x in candidates[tok] if x not in held[:slot]][: self.choices]
+                # min keeps the first of equal candidates, and their order is random
+                if count > 0:
+                    e = min(free, key=lambda x: (load[x], n_types[x]))
+                    if load[e] + count > capacity:
+                        e = min((x for x in experts if x not in held[:slot]),
+                                key=lambda x: (load[x], n_types[x]))
+                else:
+                    e = min(free, key=lambda x: (n_unseen[x], load[x]))
+                    n_unseen[e] += 1
+                held[slot] = e
+                load[e] += count
+                n_types[e] += 1
+        table = torch.tensor(table, dtype=torch.long)
+        return table[:, 0] if k == 1 else table
 
 
 @register_hash('bigram')

@@ -14,12 +14,13 @@ from parlai_hash.routing.route import Route, capacity_keep
 
 
 def load_balancing_loss(probs: torch.Tensor, experts: torch.Tensor, num_experts: int) -> torch.Tensor:
-    """``K · Σ_i f_i · P_i`` over real tokens (``probs [N, K]``, ``experts [N]``).
+    """``K · Σ_i f_i · P_i`` over real tokens (``probs [N, K]``, ``experts [N]`` or ``[N, k]``).
 
-    f_i: share of tokens whose top-1 is expert i (no gradient); P_i: mean router
-    probability of expert i. 1.0 at perfect balance; K when all pick one expert.
+    f_i: share of the routed rows (all k choices of every token) that go to
+    expert i (no gradient); P_i: mean router probability of expert i. 1.0 at
+    perfect balance; K when all pick one expert.
     """
-    f = torch.bincount(experts, minlength=num_experts).to(probs.dtype) / max(experts.numel(), 1)
+    f = torch.bincount(experts.reshape(-1), minlength=num_experts).to(probs.dtype) / max(experts.numel(), 1)
     p = probs.mean(dim=0)
     return num_experts * torch.sum(f * p)
 
@@ -29,7 +30,12 @@ TOKEN_TABLES = ('logits', 'embedding')
 
 
 class SwitchRouter(nn.Module):
-    """Top-1 learned router: logits (in float32) -> softmax -> argmax; gate = its probability.
+    """Learned router: logits (in float32) -> softmax -> top-k experts per token.
+
+    k = 1 (Switch): the argmax, gated by its probability. k > 1: the k most
+    probable experts, gated by their probabilities renormalised to sum to 1
+    over the k; the balancing loss counts all k choices, and under a capacity
+    every token's first choice is served before any second choice.
 
     ``source='hidden'`` routes on the hidden state entering the FFN (Switch):
     logits = W·h + b, the bias as in the paper's appendix B count (Switch 1x64
@@ -55,9 +61,11 @@ class SwitchRouter(nn.Module):
         z_loss_weight: float = 0.0,
         bias: bool = True,
         token_table: str = 'logits',
+        experts_per_token: int = 1,
     ):
         super().__init__()
         self.num_experts = num_experts
+        self.experts_per_token = experts_per_token
         self.source = source
         self.capacity_factor = capacity_factor
         self.eval_capacity_factor = eval_capacity_factor
@@ -98,7 +106,13 @@ class SwitchRouter(nn.Module):
     def forward(self, ctx: RoutingContext, hidden: torch.Tensor) -> Route:
         logits = self.router_logits(ctx, hidden)
         probs = logits.softmax(dim=-1)
-        gate, experts = probs.max(dim=-1)
+        k = self.experts_per_token
+        if k == 1:
+            gate, experts = probs.max(dim=-1)
+            gate, experts = gate.unsqueeze(-1), experts.unsqueeze(-1)
+        else:
+            top, experts = probs.topk(k, dim=-1)
+            gate = top / top.sum(dim=-1, keepdim=True)
         real = ctx.mask
         stats = {}
         # Computed in eval too, so valid reports show it; it only trains in training.
@@ -110,8 +124,8 @@ class SwitchRouter(nn.Module):
         factor = self.capacity_factor if self.training else self.eval_capacity_factor
         keep = None
         if factor > 0:
-            capacity = max(1, math.ceil(factor * int(real.sum()) / self.num_experts))
+            rows = int(real.sum()) * k
+            capacity = max(1, math.ceil(factor * rows / self.num_experts))
             keep = capacity_keep(experts, real, self.num_experts, capacity)
-            n_real = max(int(real.sum()), 1)
-            stats['dropped'] = float((real & ~keep).sum()) / n_real
+            stats['dropped'] = float((real.unsqueeze(-1) & ~keep).sum()) / max(rows, 1)
         return Route(experts=experts, gates=gate.to(hidden.dtype), keep=keep, aux_loss=aux, stats=stats)

@@ -30,6 +30,12 @@ class BaseGeneratorAgent(SparseGeneratorAgent):
         return parser
 
     def build_router(self, name: str) -> nn.Module:
+        if self.opt['experts_per_token'] != 1:
+            raise OptionError(
+                '--experts-per-token',
+                "BASE layers' balanced assignment gives each token one expert",
+                "pass --experts-per-token 1 (top-k routing: -m hash_generator or switch_generator)",
+            )
         eps = self.opt['base_auction_eps']
         if not eps > 0:
             raise OptionError('--base-auction-eps', f"got {eps}", "pass a small positive value such as 0.01")

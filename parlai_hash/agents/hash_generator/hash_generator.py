@@ -15,7 +15,9 @@ from parlai.utils import logging as logger  # ParlAI's log: shown at its --logle
 
 from parlai_hash.agents.sparse_agent import SparseGeneratorAgent, dictionary_counts
 from parlai_hash.errors import OptionError
-from parlai_hash.routing import HASH_TYPES, HashRouter, TableInputs, hash_function_class
+from parlai_hash.routing import (HASH_GATES, HASH_TYPES, HashRouter, TableInputs, hash_function_class,
+                                 make_hash_function)
+from parlai_hash.routing.hash_gates import check_hash_gates
 from parlai_hash.token_counts import count_training_tokens, counts_are_informative
 
 
@@ -55,6 +57,17 @@ class HashGeneratorAgent(SparseGeneratorAgent):
             '(previous token), position (its position), oracle (the next token: teacher '
             'forcing only), predicted (a baseline\'s predicted next token), clustered / '
             'dispersed (k-means clusters of a baseline\'s token embeddings).',
+        )
+        group.add_argument(
+            '--hash-gates',
+            type=str,
+            default='none',
+            choices=list(HASH_GATES),
+            help='With --experts-per-token k > 1 (random and balanced tables of k distinct '
+            'experts per token): how much of each expert\'s output a token takes. none: the '
+            'output as is (the paper; k = 1 only); uniform: 1/k each; learned: a learned '
+            'linear scorer over all experts, read at the table\'s k experts, sqrt(softplus) and '
+            'normalised to sum to 1. The table alone decides which experts run.',
         )
         group.add_argument('--hash-seed', type=int, default=42, help='Seed of the hash tables.')
         group.add_argument(
@@ -129,11 +142,33 @@ class HashGeneratorAgent(SparseGeneratorAgent):
     def _num_hashes(self) -> int:
         return self.opt['multihash']
 
+    @classmethod
+    def upgrade_opt(cls, opt_from_disk: Opt) -> Opt:
+        # Models saved before --hash-gates used each expert's output ungated.
+        opt_from_disk = super().upgrade_opt(opt_from_disk)
+        if 'hash_gates' not in opt_from_disk:
+            opt_from_disk['hash_gates'] = 'none'
+        return opt_from_disk
+
     def build_router(self, name: str) -> nn.Module:
+        opt = self.opt
+        self._check_top_k()
         seed = self._layer_seed(name)
         if seed not in self._tables:
             self._tables[seed] = self._make_tables(seed, name)
-        return HashRouter(self.opt['hash_type'], self.opt['num_experts'], seed, self._tables[seed])
+        return HashRouter(opt['hash_type'], opt['num_experts'], seed, self._tables[seed],
+                          experts_per_token=opt['experts_per_token'], gates=opt['hash_gates'],
+                          dim=opt['embedding_size'])
+
+    def _check_top_k(self) -> None:
+        """Before any table is built (a balanced one may count the training data)."""
+        opt = self.opt
+        check_hash_gates(opt['hash_gates'], opt['experts_per_token'])
+        make_hash_function(opt['hash_type'], opt['num_experts'], 0, opt['experts_per_token'])
+        if self._num_hashes() > 1 and opt['hash_gates'] != 'none':
+            raise OptionError('--multihash', "MultiHash routes each segment to one expert, ungated; "
+                              f"it does not combine with --hash-gates {opt['hash_gates']}",
+                              "pass --multihash 1, or --hash-gates none")
 
     def _layer_seed(self, name: str) -> int:
         seed = self.opt['hash_seed']
@@ -142,12 +177,15 @@ class HashGeneratorAgent(SparseGeneratorAgent):
         return seed
 
     def _make_tables(self, seed: int, name: str) -> torch.Tensor:
-        hash_type, k, n = self.opt['hash_type'], self.opt['num_experts'], self._num_hashes()
+        hash_type, n = self.opt['hash_type'], self._num_hashes()
+        num_experts, per_token = self.opt['num_experts'], self.opt['experts_per_token']
         inputs = self._inputs()
         if self._tables_from_checkpoint:
-            return HashRouter.placeholder_tables(hash_type, k, inputs, n)
-        tables = HashRouter.build_tables(hash_type, k, seed, inputs, n)
-        router = HashRouter(hash_type, k, seed, tables)
+            return HashRouter.placeholder_tables(hash_type, num_experts, inputs, n, per_token)
+        tables = HashRouter.build_tables(hash_type, num_experts, seed, inputs, n, per_token)
+        # Only to describe the table: uniform gates need no parameters (nor random draws).
+        router = HashRouter(hash_type, num_experts, seed, tables, per_token,
+                            'none' if per_token == 1 else 'uniform')
         logger.info(router.describe(name, inputs.token_counts))
         return tables
 

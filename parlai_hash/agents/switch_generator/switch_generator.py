@@ -1,4 +1,5 @@
-"""``-m switch_generator``: Switch Transformer (top-1 learned routing) baseline."""
+"""``-m switch_generator``: Switch Transformer (learned top-1, or top-k with
+``--experts-per-token``) baseline."""
 
 from __future__ import annotations
 
@@ -91,6 +92,7 @@ class SwitchGeneratorAgent(SparseGeneratorAgent):
             z_loss_weight=opt['router_z_loss_weight'],
             bias=opt['router_bias'],
             token_table=opt['token_switch_table'],
+            experts_per_token=opt['experts_per_token'],
         )
 
     @classmethod
