@@ -50,6 +50,7 @@ import torch.nn as nn
 from benchmarks.malloc import MALLOC_ENV, maybe_reexec
 from parlai_hash.dispatch import DispatchPlan, ExpertFFN
 from parlai_hash.layers import SparseFFN
+from parlai_hash.options import SparseConfig
 from parlai_hash.routing import BaseRouter, RoutingContext, SwitchRouter
 from parlai_hash.routing.hash_functions import HASH_TYPES, TableInputs
 
@@ -174,7 +175,7 @@ def learned_ffn(kind: str, moe: ExpertFFN, num_tokens: int) -> SparseFFN:
     K = moe.num_experts
     router = (SwitchRouter(D_MODEL, K, VOCAB, capacity_factor=CAPACITY[kind]) if kind in CAPACITY
               else BaseRouter(D_MODEL, K))
-    ffn = SparseFFN({}, kind, router, K, D_MODEL, D_HIDDEN)
+    ffn = SparseFFN(SparseConfig(K), kind, router, D_MODEL, D_HIDDEN)
     ffn.experts = moe
     ffn.routing = RoutingContext.full(torch.ones(1, num_tokens, dtype=torch.long), pad_idx=0)
     return ffn.train()

@@ -97,7 +97,7 @@ ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 }
 
 
-def _init_expert_weights(w1, b1, w2, b2, dim: int, dim_hidden: int) -> None:
+def init_expert_weights(w1, b1, w2, b2, dim: int, dim_hidden: int) -> None:
     """Per expert, what TransformerFFN does: xavier weights (fans of the full
     ``d x D`` matrices, also for MultiHash segments) and nn.Linear's biases."""
     with torch.no_grad():
@@ -108,7 +108,7 @@ def _init_expert_weights(w1, b1, w2, b2, dim: int, dim_hidden: int) -> None:
         b2.uniform_(-1 / math.sqrt(dim_hidden), 1 / math.sqrt(dim_hidden))
 
 
-def _activation(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
+def activation_function(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
     if name not in ACTIVATIONS:
         raise ValueError(
             f"--activation {name!r} is not supported by expert layers; "
@@ -126,7 +126,7 @@ class _ExpertsBase(nn.Module):
         self.num_experts = num_experts
         self.dim = dim
         self.dim_hidden = dim_hidden
-        self.nonlinear = _activation(activation)
+        self.nonlinear = activation_function(activation)
         self.relu_dropout = nn.Dropout(p=relu_dropout)
         #: GEMM kernel over sorted rows (``--expert-gemm``); not saved, a run-time choice.
         self.gemm = 'auto'
@@ -160,7 +160,7 @@ class ExpertFFN(_ExpertsBase):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        _init_expert_weights(self.expert_w1, self.expert_b1, self.expert_w2, self.expert_b2,
+        init_expert_weights(self.expert_w1, self.expert_b1, self.expert_w2, self.expert_b2,
                              self.dim, self.dim_hidden)
 
     def forward_sorted(self, x_sorted: torch.Tensor, counts: List[int]) -> torch.Tensor:
@@ -215,7 +215,7 @@ class MultiHashExpertFFN(_ExpertsBase):
         self.expert_w2 = nn.ParameterList(nn.Parameter(torch.empty(k, dim_hidden, o)) for _ in range(n))
         self.expert_b2 = nn.ParameterList(nn.Parameter(torch.empty(k, o)) for _ in range(n))
         for m in range(n):
-            _init_expert_weights(self.expert_w1[m], self.expert_b1[m], self.expert_w2[m],
+            init_expert_weights(self.expert_w1[m], self.expert_b1[m], self.expert_w2[m],
                                  self.expert_b2[m], dim, dim_hidden)
 
     def forward(self, x: torch.Tensor, plans: List[DispatchPlan]) -> torch.Tensor:

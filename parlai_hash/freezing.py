@@ -2,12 +2,16 @@
 
 | mode            | trainable                                                        |
 | none            | everything                                                       |
-| experts         | everything except the sparse layers' expert weights             |
+| experts         | everything except the sparse layers' routed expert weights      |
 | router          | everything except the learned router (Switch router / Token      |
 |                 | Switch embedding / BASE centroids / hash layers' learned gates,  |
 |                 | ``--hash-gates learned``); hash tables are fixed buffers anyway  |
 | all-but-experts | only the sparse layers' expert weights                           |
 | all-but-last    | only the last decoder layer and the output                       |
+
+Shared experts (``--shared-experts``) run on every token like a dense FFN:
+they are not routed experts, so ``experts`` leaves them trainable and
+``all-but-experts`` freezes them.
 
 Tied embeddings: ParlAI's output projection *is* the token embedding matrix
 (``output = h · E^T``), shared with the encoder and decoder inputs. It follows

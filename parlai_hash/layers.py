@@ -28,8 +28,9 @@ from parlai_hash.expert_parallel import (
     expert_parallel_forward,
     multihash_expert_parallel_forward,
 )
-from parlai_hash.options import check_multihash
+from parlai_hash.options import SparseConfig, check_multihash
 from parlai_hash.routing import Route, RoutingContext
+from parlai_hash.shared_experts import SharedExperts
 
 #: Builds a router for the sparse layer named e.g. ``dec7``.
 RouterFactory = Callable[[str], nn.Module]
@@ -37,36 +38,38 @@ RouterFactory = Callable[[str], nn.Module]
 
 class SparseFFN(nn.Module):
     """Drop-in for ``TransformerFFN``: routes each token to k of K experts (k = 1:
-    one expert; MultiHash: one expert per segment)."""
+    one expert; MultiHash: one expert per segment), plus any always-on shared
+    experts (``--shared-experts``), whose output is added."""
 
     def __init__(
         self,
-        opt: Mapping,
+        config: SparseConfig,
         name: str,
         router: nn.Module,
-        num_experts: int,
         dim: int,
         dim_hidden: int,
         relu_dropout: float = 0.0,
         activation: str = 'relu',
-        num_hashes: int = 1,
-        experts_per_token: int = 1,
-        **kwargs,
     ):
         super().__init__()
         self.name = name
-        self.num_experts = num_experts
-        self.num_hashes = num_hashes
-        self.experts_per_token = experts_per_token
+        self.config = config
+        self.num_experts = config.num_experts
+        self.num_hashes = config.num_hashes
+        self.experts_per_token = config.experts_per_token
         self.router = router
-        if num_hashes == 1:
-            self.experts = ExpertFFN(num_experts, dim, dim_hidden, relu_dropout, activation)
+        if config.num_hashes == 1:
+            self.experts = ExpertFFN(config.num_experts, dim, dim_hidden, relu_dropout, activation)
         else:
-            check_multihash(num_hashes, dim, dim_hidden)
+            check_multihash(config.num_hashes, dim, dim_hidden)
             self.experts = MultiHashExpertFFN(
-                num_hashes, num_experts, dim, dim_hidden, relu_dropout, activation
+                config.num_hashes, config.num_experts, dim, dim_hidden, relu_dropout, activation
             )
-        self.experts.set_gemm(opt.get('expert_gemm', 'auto'))
+        self.experts.set_gemm(config.expert_gemm)
+        self.shared: Optional[SharedExperts] = None
+        if config.shared_experts:
+            self.shared = SharedExperts(config.shared_experts, dim, config.shared_expert_size or dim_hidden,
+                                        relu_dropout, activation)
         self.routing: Optional[RoutingContext] = None  # bound by the owning stack
         # Routing of the last forward, counted into ``last_load`` only when read:
         # generation never reads it, and on CUDA counting would sync every layer.
@@ -88,8 +91,13 @@ class SparseFFN(nn.Module):
         if self.routing is None:
             raise RuntimeError(f"{self.name}: no routing context was bound before forward")
         route: Route = self.router(self.routing, x)
+        y = self._routed(x, route)
+        return y if self.shared is None else y + self.shared(x)
+
+    def _routed(self, x: torch.Tensor, route: Route) -> torch.Tensor:
+        """The routed experts' output (0 for tokens no expert computes)."""
         experts = route.experts
-        choices = self.num_hashes if self.num_hashes > 1 else self.experts_per_token
+        choices = self.config.choices
         expected = (*x.shape[:-1], choices)
         if tuple(experts.shape) != expected:
             raise RuntimeError(
@@ -170,24 +178,18 @@ class SparseFFN(nn.Module):
         return self.routing.plans[key]
 
 
-def sparse_ffn_builder(
-    name: str, num_experts: int, router_factory: RouterFactory, num_hashes: int = 1,
-    experts_per_token: int = 1,
-):
+def sparse_ffn_builder(name: str, config: SparseConfig, router_factory: RouterFactory):
     """A ``feedforward=`` swappable constructor for one sparse layer."""
 
     def build(opt, dim=None, dim_hidden=None, relu_dropout=0.0, activation='relu', **kw):
         return SparseFFN(
-            opt,
+            config,
             name=name,
             router=router_factory(name),
-            num_experts=num_experts,
             dim=dim or opt['embedding_size'],
             dim_hidden=dim_hidden or opt['ffn_size'],
             relu_dropout=relu_dropout,
             activation=activation,
-            num_hashes=num_hashes,
-            experts_per_token=experts_per_token,
         )
 
     return build
@@ -334,26 +336,18 @@ class SparseTransformerModel(TransformerGeneratorModel):
         cls,
         opt: Mapping,
         dictionary,
-        num_experts: int,
-        decoder_layers,
-        encoder_layers,
+        config: SparseConfig,
         router_factory: RouterFactory,
-        num_hashes: int = 1,
-        experts_per_token: int = 1,
     ) -> "SparseTransformerModel":
         def builders(prefix, layers):
-            return {
-                i: sparse_ffn_builder(f'{prefix}{i}', num_experts, router_factory, num_hashes,
-                                      experts_per_token)
-                for i in layers
-            }
+            return {i: sparse_ffn_builder(f'{prefix}{i}', config, router_factory) for i in layers}
 
         return cls.with_components(
             encoder=partial(
-                SparseTransformerEncoder, sparse_builders=builders('enc', encoder_layers)
+                SparseTransformerEncoder, sparse_builders=builders('enc', config.encoder_layers)
             ),
             decoder=partial(
-                SparseTransformerDecoder, sparse_builders=builders('dec', decoder_layers)
+                SparseTransformerDecoder, sparse_builders=builders('dec', config.decoder_layers)
             ),
         )(opt, dictionary)
 

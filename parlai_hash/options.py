@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Mapping, Tuple
+from typing import Any, Mapping, Optional, Tuple
 
 from parlai_hash.errors import OptionError
 
@@ -120,17 +120,40 @@ def check_experts_per_token(experts_per_token: Any, num_experts: int, num_hashes
                           "pass --multihash 1, or --experts-per-token 1")
 
 
+def check_shared_experts(count: Any, size: Any) -> None:
+    """``--shared-experts S`` (S >= 0) each of ``--shared-expert-size`` hidden units (>= 1, or unset)."""
+    if not isinstance(count, int) or count < 0:
+        raise OptionError('--shared-experts', f"got {count!r}, need 0 or more",
+                          "pass --shared-experts 0 (none, as in the paper) or a positive count")
+    if size is not None and (not isinstance(size, int) or size < 1):
+        raise OptionError('--shared-expert-size', f"got {size!r}, need a positive hidden size",
+                          "pass e.g. --shared-expert-size 512, or leave it out to use --ffn-size")
+
+
 @dataclass(frozen=True)
-class SparsePlacement:
-    """Which layers are sparse, how many experts each has and how many a token uses."""
+class SparseConfig:
+    """What every sparse layer of a model is, decided once from ``opt`` when the model is built.
+
+    Agents build it (``from_opt``) and hand it down: layers, dispatch and routers
+    read their sizes from here, never from ``opt``.
+    """
 
     num_experts: int
-    decoder_layers: Tuple[int, ...]
-    encoder_layers: Tuple[int, ...]
-    experts_per_token: int = 1
+    decoder_layers: Tuple[int, ...] = ()
+    encoder_layers: Tuple[int, ...] = ()
+    experts_per_token: int = 1  # k: top-k routing
+    num_hashes: int = 1  # MultiHash N: one expert per segment
+    shared_experts: int = 0  # always-on FFNs added to the routed output
+    shared_expert_size: Optional[int] = None  # hidden size of each; None: the layer's --ffn-size
+    expert_gemm: str = 'auto'
+
+    @property
+    def choices(self) -> int:
+        """Expert ids per token: k, or MultiHash's N segments."""
+        return self.num_hashes if self.num_hashes > 1 else self.experts_per_token
 
     @classmethod
-    def from_opt(cls, opt: Mapping[str, Any]) -> "SparsePlacement":
+    def from_opt(cls, opt: Mapping[str, Any]) -> "SparseConfig":
         num_experts = opt.get('num_experts')
         if not isinstance(num_experts, int) or num_experts < 1:
             raise OptionError(
@@ -160,6 +183,9 @@ class SparsePlacement:
             check_multihash(num_hashes, opt['embedding_size'], opt['ffn_size'])
         experts_per_token = opt.get('experts_per_token', 1)
         check_experts_per_token(experts_per_token, num_experts, num_hashes)
+        shared, shared_size = opt.get('shared_experts') or 0, opt.get('shared_expert_size')
+        check_shared_experts(shared, shared_size)
         warn_if_expert_parallel_unused(opt)
-        return cls(num_experts, decoder_layers, encoder_layers, experts_per_token)
+        return cls(num_experts, decoder_layers, encoder_layers, experts_per_token, num_hashes, shared,
+                   shared_size, opt.get('expert_gemm') or 'auto')
 

@@ -13,6 +13,7 @@ from typing import Dict, Tuple
 
 import torch
 
+from parlai_hash.options import SparseConfig
 from parlai_hash.layers import SparseFFN
 from parlai_hash.routing import BaseRouter, HashRouter, RoutingContext, SwitchRouter, TableInputs
 from parlai_hash.routing.hash_router import make_hash_function
@@ -44,17 +45,17 @@ def build(name: str) -> SparseFFN:
     """The layer of a case, freshly initialised (the test loads the recorded state into it)."""
     if name == 'hash_balanced':
         table = HashRouter.build_tables('balanced', K, 7, table_inputs())
-        return SparseFFN({}, 'dec0', HashRouter('balanced', K, 7, table), K, D, H, activation='gelu')
+        return SparseFFN(SparseConfig(K), 'dec0', HashRouter('balanced', K, 7, table), D, H, activation='gelu')
     if name == 'multihash':
         table = HashRouter.build_tables('random', K, 5, table_inputs(), num_hashes=2)
-        return SparseFFN({}, 'dec0', HashRouter('random', K, 5, table), K, D, H, num_hashes=2)
+        return SparseFFN(SparseConfig(K, num_hashes=2), 'dec0', HashRouter('random', K, 5, table), D, H)
     if name in ('switch_capacity', 'switch_eval'):
         router = SwitchRouter(D, K, V, capacity_factor=0.6, load_balance_weight=0.1, z_loss_weight=0.01)
-        return SparseFFN({}, 'dec0', router, K, D, H)
+        return SparseFFN(SparseConfig(K), 'dec0', router, D, H)
     if name == 'token_switch':
-        return SparseFFN({}, 'dec0', SwitchRouter(D, K, V, source='token', capacity_factor=1.0), K, D, H)
+        return SparseFFN(SparseConfig(K), 'dec0', SwitchRouter(D, K, V, source='token', capacity_factor=1.0), D, H)
     if name in ('base_train', 'base_eval'):
-        return SparseFFN({}, 'dec0', BaseRouter(D, K), K, D, H)
+        return SparseFFN(SparseConfig(K), 'dec0', BaseRouter(D, K), D, H)
     raise KeyError(name)
 
 

@@ -10,6 +10,7 @@ from parlai.core.params import ParlaiParser
 from scipy.optimize import linear_sum_assignment
 
 from parlai_hash.errors import OptionError
+from parlai_hash.options import SparseConfig
 from parlai_hash.layers import SparseFFN
 from parlai_hash.metrics import expert_load
 from parlai_hash.routing import (BaseRouter, RoutingContext, SwitchRouter, balanced_assignment,
@@ -48,7 +49,7 @@ def switch(**kw):
 
 def test_switch_router_gradients_flow_through_gates_and_loss():
     torch.manual_seed(0)
-    ffn = SparseFFN({}, 'dec0', switch(), K, D, 16)
+    ffn = SparseFFN(SparseConfig(K), 'dec0', switch(), D, 16)
     ffn.train()
     tokens = torch.randint(1, V, (2, 5))
     ffn.routing = ctx_for(tokens)
@@ -75,7 +76,7 @@ def expert_reference(ffn, x, experts, activation):
 def test_switch_output_is_the_gate_times_the_routed_expert_and_trains_the_router():
     torch.manual_seed(11)
     router = switch(capacity_factor=0.6, load_balance_weight=0.0)
-    ffn = SparseFFN({}, 'dec0', router, K, D, 16, activation='gelu')
+    ffn = SparseFFN(SparseConfig(K), 'dec0', router, D, 16, activation='gelu')
     ffn.train()
     tokens, x = capacity_batch(11)
     ffn.routing = ctx_for(tokens)
@@ -101,7 +102,7 @@ def test_base_output_is_the_sigmoid_affinity_times_the_routed_expert():
     """BaseRouter's docstring: the layer computes σ(h·c_e)·expert_e(h) (plus the residual)."""
     torch.manual_seed(12)
     router = BaseRouter(D, K)
-    ffn = SparseFFN({}, 'dec0', router, K, D, 16, activation='relu')
+    ffn = SparseFFN(SparseConfig(K), 'dec0', router, D, 16, activation='relu')
     tokens, x = capacity_batch(12)
     real = tokens != 0
     for train in (True, False):
@@ -176,7 +177,7 @@ def test_switch_capacity_drops_are_counted_and_skip_the_ffn():
     torch.manual_seed(1)
     router = switch(capacity_factor=0.6)
     router.train()
-    ffn = SparseFFN({}, 'dec0', router, K, D, 16)
+    ffn = SparseFFN(SparseConfig(K), 'dec0', router, D, 16)
     ffn.train()
     tokens, x = capacity_batch(1)
     ffn.routing = ctx_for(tokens)

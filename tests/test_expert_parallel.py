@@ -112,10 +112,11 @@ NH = 2  # hashes: segments of D/NH and H/NH
 def multihash_layers(seed):
     """Two MultiHash layers sharing one table (``--hash-per-layer same``): one plan list serves both."""
     from parlai_hash.layers import SparseFFN
+    from parlai_hash.options import SparseConfig
     torch.manual_seed(seed)
     table = torch.randint(K, (NH, V))
     return nn.ModuleList(
-        SparseFFN({}, f'dec{i}', HashRouter('random', K, 0, table), K, D, H, num_hashes=NH)
+        SparseFFN(SparseConfig(K, num_hashes=NH), f'dec{i}', HashRouter('random', K, 0, table), D, H)
         for i in range(2)
     ).double()
 

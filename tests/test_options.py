@@ -4,7 +4,7 @@ import pytest
 
 from parlai_hash.errors import OptionError
 from parlai_hash import options
-from parlai_hash.options import SparsePlacement, check_multihash, parse_layer_list
+from parlai_hash.options import SparseConfig, check_multihash, parse_layer_list
 
 
 def opt(**kw):
@@ -22,13 +22,13 @@ def test_parse_lists():
 
 
 def test_default_is_one_late_layer():
-    p = SparsePlacement.from_opt(opt())
+    p = SparseConfig.from_opt(opt())
     assert p.decoder_layers == (2,) and p.encoder_layers == () and p.num_experts == 8
-    assert SparsePlacement.from_opt(opt(n_layers=1)).decoder_layers == (0,)
+    assert SparseConfig.from_opt(opt(n_layers=1)).decoder_layers == (0,)
 
 
 def test_decoder_layer_count_comes_from_n_decoder_layers():
-    p = SparsePlacement.from_opt(opt(n_decoder_layers=12, hash_layers='11'))
+    p = SparseConfig.from_opt(opt(n_decoder_layers=12, hash_layers='11'))
     assert p.decoder_layers == (11,)
 
 
@@ -43,7 +43,7 @@ def test_decoder_layer_count_comes_from_n_decoder_layers():
 ])
 def test_bad_values_name_the_option(kw, option):
     with pytest.raises(OptionError) as err:
-        SparsePlacement.from_opt(opt(**kw))
+        SparseConfig.from_opt(opt(**kw))
     assert str(err.value).startswith(option)
     assert '\n' not in str(err.value)
 
@@ -51,7 +51,7 @@ def test_bad_values_name_the_option(kw, option):
 @pytest.mark.parametrize('value', ['-1', '4'])
 def test_a_missing_layer_names_the_valid_range(value):
     with pytest.raises(OptionError) as err:
-        SparsePlacement.from_opt(opt(hash_layers=value))
+        SparseConfig.from_opt(opt(hash_layers=value))
     assert str(err.value) == (
         f'--hash-layers: layer {value} does not exist (the model has 4 layers, 0..3); '
         'use indices from 0 to 3 or add layers'
@@ -60,7 +60,7 @@ def test_a_missing_layer_names_the_valid_range(value):
 
 def test_multihash_must_divide_both_sizes_and_the_error_names_both():
     with pytest.raises(OptionError) as err:
-        SparsePlacement.from_opt(opt(multihash=3, embedding_size=16, ffn_size=32))
+        SparseConfig.from_opt(opt(multihash=3, embedding_size=16, ffn_size=32))
     assert str(err.value) == (
         '--multihash: 3 hashes do not divide --embedding-size 16; pick a number of hashes '
         'that divides both --embedding-size 16 and --ffn-size 32, such as 2, 4, 8, 16'
@@ -73,7 +73,7 @@ def test_multihash_must_divide_both_sizes_and_the_error_names_both():
         check_multihash(3, 9, 16)
     check_multihash(4, 16, 32)
     check_multihash(1, 9, 16)
-    assert SparsePlacement.from_opt(opt(multihash=4, embedding_size=16, ffn_size=32)).num_experts == 8
+    assert SparseConfig.from_opt(opt(multihash=4, embedding_size=16, ffn_size=32)).num_experts == 8
 
 
 @pytest.fixture
@@ -88,8 +88,8 @@ def warnings_logged(monkeypatch):
 
 def test_expert_parallel_in_one_process_warns_once(warnings_logged):
     asked = opt(expert_parallel=True, override={'expert_parallel': True})
-    SparsePlacement.from_opt(asked)
-    SparsePlacement.from_opt(asked)  # train_model builds the agent again for its final eval
+    SparseConfig.from_opt(asked)
+    SparseConfig.from_opt(asked)  # train_model builds the agent again for its final eval
     assert len(warnings_logged) == 1
     assert warnings_logged[0].startswith('--expert-parallel true has no effect in a single process')
     assert 'multiprocessing_train/distributed_train' in warnings_logged[0]
@@ -101,5 +101,5 @@ def test_expert_parallel_in_one_process_warns_once(warnings_logged):
     dict(expert_parallel=True, override={'model_file': 'm'}),
 ])
 def test_no_expert_parallel_warning_unless_asked(warnings_logged, kw):
-    SparsePlacement.from_opt(opt(**kw))
+    SparseConfig.from_opt(opt(**kw))
     assert warnings_logged == []

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from parlai_hash.dispatch import DispatchPlan, ExpertFFN
 from parlai_hash.errors import OptionError
 from parlai_hash.grouped_gemm import grouped_mm_available
+from parlai_hash.options import SparseConfig
 from parlai_hash.layers import SparseFFN
 from parlai_hash.routing import HashRouter, RoutingContext, SwitchRouter, TableInputs
 from parlai_hash.routing.hash_router import make_hash_function
@@ -78,7 +79,7 @@ def table_inputs(vocab=V):
 def hash_layer(k, gates, hash_type='balanced'):
     table = HashRouter.build_tables(hash_type, K, 3, table_inputs(), experts_per_token=k)
     router = HashRouter(hash_type, K, 3, table, experts_per_token=k, gates=gates, dim=D)
-    return SparseFFN({}, 'dec0', router, K, D, H, experts_per_token=k).double()
+    return SparseFFN(SparseConfig(K, experts_per_token=k), 'dec0', router, D, H).double()
 
 
 def learned_gates_reference(weight, x, experts):
@@ -160,7 +161,7 @@ def expected_keep_top_k(experts, real, capacity):
 def switch_layer(k, capacity_factor, load_balance_weight=0.1):
     router = SwitchRouter(D, K, V, capacity_factor=capacity_factor,
                           load_balance_weight=load_balance_weight, experts_per_token=k)
-    return SparseFFN({}, 'dec0', router, K, D, H, experts_per_token=k).double()
+    return SparseFFN(SparseConfig(K, experts_per_token=k), 'dec0', router, D, H).double()
 
 
 @pytest.mark.parametrize('k, capacity_factor', [(2, 0.0), (2, 0.7), (3, 0.8)])

@@ -18,9 +18,11 @@ from conftest import run_parlai as parlai
 TASK = 'integration_tests:nocandidate'
 #: One thread a command: tiny models only contend with more.
 ENV = dict(os.environ, OMP_NUM_THREADS='1')
+# Each with one always-on shared expert, as today's production MoE layers have.
 TOP_2 = {
-    'hash_generator': ['--experts-per-token', '2', '--hash-gates', 'learned', '--hash-type', 'balanced'],
-    'switch_generator': ['--experts-per-token', '2'],
+    'hash_generator': ['--experts-per-token', '2', '--hash-gates', 'learned', '--hash-type', 'balanced',
+                       '--shared-experts', '1'],
+    'switch_generator': ['--experts-per-token', '2', '--shared-experts', '1', '--shared-expert-size', '24'],
 }
 
 
@@ -47,7 +49,11 @@ def test_top_2_trains_and_evaluates_with_the_parlai_commands(trained, model):
     assert 'dec0_load_max' in report and 'dec2_load_ent' in report and 'ppl' in report
     state = torch.load(mf, map_location='cpu', weights_only=False)['model']
     agent = create_agent_from_model_file(mf)
-    assert agent.opt['experts_per_token'] == 2
+    assert agent.opt['experts_per_token'] == 2 and agent.opt['shared_experts'] == 1
+    d, ffn_size = agent.opt['embedding_size'], agent.opt['ffn_size']
+    shared_size = 24 if model == 'switch_generator' else ffn_size
+    assert state['decoder.layers.2.ffn.shared.w1'].shape == (1, d, shared_size)
+    assert state['decoder.layers.2.ffn.shared.w2'].shape == (1, shared_size, d)
     for name in ('dec0', 'dec2'):
         ffn = agent.model.sparse_ffns()[name]
         assert ffn.experts_per_token == 2
@@ -101,7 +107,7 @@ def test_freeze_router_keeps_learned_hash_gates_fixed(tmp_path, trained):
     random.seed(0)
     TrainModel.main(task=TASK, model='hash_generator', model_file=out, init_model=mf, freeze='router',
                     n_layers=3, embedding_size=16, ffn_size=32, n_heads=2, num_experts=4,
-                    hash_layers='0,2', experts_per_token=2, hash_gates='learned', batchsize=8,
+                    hash_layers='0,2', experts_per_token=2, hash_gates='learned', shared_experts=1, batchsize=8,
                     max_train_steps=3, validation_every_n_steps=3, validation_max_exs=8,
                     learningrate=1e-2, optimizer='adam', skip_generation=True,
                     validation_metric='ppl', short_final_eval=True)
@@ -172,11 +178,13 @@ def test_the_parlai_command_prints_the_error_as_one_line(tmp_path):
                      '--num-experts is 4; pass --experts-per-token 4 or less, or more --num-experts']
 
 
-def routing_state(table_shape, gate=False):
+def routing_state(table_shape, gate=False, shared=None):
     state = {'decoder.layers.1.ffn.experts.expert_w1': torch.zeros(4, 16, 32),
              'decoder.layers.1.ffn.router.table': torch.zeros(table_shape, dtype=torch.long)}
     if gate:
         state['decoder.layers.1.ffn.router.gate.weight'] = torch.zeros(4, 16)
+    if shared:
+        state['decoder.layers.1.ffn.shared.w1'] = torch.zeros(shared[0], 16, shared[1])
     return state
 
 
@@ -187,6 +195,12 @@ def routing_state(table_shape, gate=False):
     (routing_state((1, 11, 2)), routing_state((1, 11)),
      "--experts-per-token: the checkpoint's routing table (decoder.layers.1.ffn.router.table) gives "
      '2 expert(s) per token, these options 1; pass --experts-per-token 2'),
+    (routing_state((1, 11)), routing_state((1, 11), shared=(1, 32)),
+     "--shared-experts: the checkpoint's sparse layers have 0 shared experts, these options 1; "
+     'pass --shared-experts 0'),
+    (routing_state((1, 11), shared=(2, 32)), routing_state((1, 11), shared=(2, 8)),
+     "--shared-expert-size: the checkpoint's shared experts have 32 hidden units, these options 8; "
+     'pass --shared-expert-size 32'),
     (routing_state((1, 11, 3)), routing_state((1, 11, 2)),
      "--experts-per-token: the checkpoint's routing table (decoder.layers.1.ffn.router.table) gives "
      '3 expert(s) per token, these options 2; pass --experts-per-token 3'),

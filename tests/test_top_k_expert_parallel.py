@@ -8,6 +8,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from parlai_hash.expert_parallel import local_expert_ffn, shard_experts
+from parlai_hash.options import SparseConfig
 from parlai_hash.layers import SparseFFN
 from parlai_hash.routing import HashRouter, RoutingContext, SwitchRouter, TableInputs
 
@@ -33,7 +34,7 @@ def layer(kind):
         router = HashRouter('balanced', K, 3, table, experts_per_token=2, gates='learned', dim=D)
     else:
         router = SwitchRouter(D, K, V, capacity_factor=0.8, experts_per_token=2)
-    return SparseFFN({}, 'dec0', router, K, D, H, experts_per_token=2).double()
+    return SparseFFN(SparseConfig(K, experts_per_token=2), 'dec0', router, D, H).double()
 
 
 def run(ffn, tokens, x, grad):

@@ -8,7 +8,7 @@ with a list of size mismatches and missing keys.
 from __future__ import annotations
 
 import re
-from typing import Dict, List, Mapping, Set
+from typing import Dict, List, Mapping, Set, Tuple
 
 import torch
 
@@ -39,6 +39,23 @@ def _describe(layers: Dict[str, List[int]]) -> str:
     return ' and '.join(parts) or 'no layer (a dense model)'
 
 
+def _shared_shape(state: Mapping[str, torch.Tensor]) -> Tuple[int, int]:
+    """(S, hidden size) of the shared experts, (0, 0) without."""
+    shapes = {tuple(v.shape) for k, v in state.items() if k.endswith('.ffn.shared.w1')}
+    (count, _, size), = shapes or {(0, 0, 0)}
+    return count, size
+
+
+def _check_shared_experts(state: Mapping[str, torch.Tensor], own: Mapping[str, torch.Tensor]) -> None:
+    (theirs, their_size), (ours, our_size) = _shared_shape(state), _shared_shape(own)
+    if theirs != ours:
+        raise OptionError('--shared-experts', f"the checkpoint's sparse layers have {theirs} shared experts, "
+                          f"these options {ours}", f"pass --shared-experts {theirs} as it was trained")
+    if their_size != our_size:
+        raise OptionError('--shared-expert-size', f"the checkpoint's shared experts have {their_size} hidden "
+                          f"units, these options {our_size}", f"pass --shared-expert-size {their_size}")
+
+
 def check_checkpoint_fits(
     state: Mapping[str, torch.Tensor], own: Mapping[str, torch.Tensor], num_experts: int
 ) -> None:
@@ -66,6 +83,7 @@ def check_checkpoint_fits(
             f"layer, these options {num_experts}",
             f"pass --num-experts {counts[0]} as it was trained, {_FRESH}",
         )
+    _check_shared_experts(state, own)
     theirs_routing, ours_routing = _routing_state(state), _routing_state(own)
     if theirs_routing ^ ours_routing == {'router_bias'}:
         # Switch models trained before the router had a bias.

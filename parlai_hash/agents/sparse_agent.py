@@ -24,7 +24,7 @@ from parlai_hash.errors import OptionError, install_excepthook
 from parlai_hash.freezing import FREEZE_MODES, apply_freeze
 from parlai_hash.layers import SparseTransformerModel
 from parlai_hash.metrics import load_metrics
-from parlai_hash.options import SparsePlacement, n_decoder_layers
+from parlai_hash.options import SparseConfig, n_decoder_layers
 from parlai_hash.train_hooks import building_train_loop
 
 compat.apply_loaded()
@@ -88,6 +88,19 @@ class SparseGeneratorAgent(TransformerGeneratorAgent):
             'gate-weighted sum of theirs (k = 1: one expert, as in the paper).',
         )
         group.add_argument(
+            '--shared-experts',
+            type=int,
+            default=0,
+            help='Always-on FFNs in every sparse layer, next to the routed experts: every token '
+            'runs all of them and their outputs are added (0: none, as in the paper).',
+        )
+        group.add_argument(
+            '--shared-expert-size',
+            type=int,
+            default=None,
+            help='Hidden size of each shared expert (default: --ffn-size).',
+        )
+        group.add_argument(
             '--freeze',
             type=str,
             default='none',
@@ -139,14 +152,12 @@ class SparseGeneratorAgent(TransformerGeneratorAgent):
         opt_from_disk = super().upgrade_opt(opt_from_disk)
         if 'experts_per_token' not in opt_from_disk:
             opt_from_disk['experts_per_token'] = 1
+        if 'shared_experts' not in opt_from_disk:  # nor shared experts
+            opt_from_disk['shared_experts'] = 0
         return opt_from_disk
 
     def build_router(self, name: str) -> nn.Module:
         raise NotImplementedError
-
-    def _num_hashes(self) -> int:
-        """Routes per token (MultiHash overrides)."""
-        return 1
 
     def _get_init_model(self, opt: Opt, shared):
         # ParlAI ignores an --init-model that does not exist and trains from
@@ -162,17 +173,9 @@ class SparseGeneratorAgent(TransformerGeneratorAgent):
 
     def build_model(self, states=None):
         _check_positional_embeddings(self.opt)
-        placement = SparsePlacement.from_opt(self.opt)
-        model = SparseTransformerModel.build(
-            self.opt,
-            self.dict,
-            num_experts=placement.num_experts,
-            decoder_layers=placement.decoder_layers,
-            encoder_layers=placement.encoder_layers,
-            router_factory=self.build_router,
-            num_hashes=self._num_hashes(),
-            experts_per_token=placement.experts_per_token,
-        )
+        #: Sizes of every sparse layer, read from opt once here; routers read it too.
+        self.sparse_config = SparseConfig.from_opt(self.opt)
+        model = SparseTransformerModel.build(self.opt, self.dict, self.sparse_config, self.build_router)
         model.half_dtype = HALF_DTYPES[self.opt.get('fp16_dtype', 'float16')]
         if (self.opt.get('fp16') and model.half_dtype == torch.bfloat16
                 and self.opt.get('ddp_backend', 'ddp') in ('zero2', 'zero3')):
@@ -195,7 +198,7 @@ class SparseGeneratorAgent(TransformerGeneratorAgent):
             sharding.shard_model(model, dist.get_rank(), self._ep_world)
             # ParlAI copies rank 0's parameters to every rank at start-up: not the shards.
             generator_module.sync_parameters = sharding.sync_dense_parameters
-            logger.info(f"--expert-parallel: {self.opt['num_experts'] // self._ep_world} experts "
+            logger.info(f"--expert-parallel: {self.sparse_config.num_experts // self._ep_world} experts "
                         f"per worker on {self._ep_world} workers")
         self._gathered_experts = self._gathered_optimizer = None
         return model
@@ -318,7 +321,7 @@ class SparseGeneratorAgent(TransformerGeneratorAgent):
         return (loss, output) if return_output else loss
 
     def load_state_dict(self, state_dict):
-        check_checkpoint_fits(state_dict, self._bare_model().state_dict(), self.opt['num_experts'])
+        check_checkpoint_fits(state_dict, self._bare_model().state_dict(), self.sparse_config.num_experts)
         if getattr(self, '_ep_world', None):
             import torch.distributed as dist
             sharding.shard_state_dict(self._bare_model(), state_dict, dist.get_rank(), self._ep_world)

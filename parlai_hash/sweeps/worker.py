@@ -35,8 +35,9 @@ def count_parameters(model: Any, opt: Dict[str, Any]) -> Dict[str, int]:
     are stored as a frozen embedding and are not counted); ``params_trainable``:
     those this run trains (``--freeze`` lowers it); ``expert_params``: inside
     experts; ``active_params``: used per token — each sparse layer runs 1 of
-    its K experts (MultiHash: 1 of K copies of each segment), so (K-1)/K of
-    its expert weights are idle for any one token. With ``--expert-parallel`` a
+    its K experts (top-k: k of K; MultiHash: 1 of K copies of each segment),
+    so (K-k)/K of its expert weights are idle for any one token; shared
+    experts always run. With ``--expert-parallel`` a
     worker holds K/W of each layer's experts; the counts are the whole model's.
     """
     from parlai_hash.layers import SparseFFN
@@ -58,7 +59,8 @@ def count_parameters(model: Any, opt: Dict[str, Any]) -> Dict[str, int]:
             learned += in_experts - held
             if stacked.requires_grad:
                 trainable += in_experts - held
-            idle += in_experts * (module.num_experts - 1) / module.num_experts
+            used = module.experts_per_token  # k of K (MultiHash: 1 of K copies of each segment)
+            idle += in_experts * (module.num_experts - used) / module.num_experts
     return {'params': learned, 'params_trainable': trainable, 'expert_params': experts,
             'active_params': int(round(learned - idle))}
 

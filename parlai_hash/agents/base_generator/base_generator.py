@@ -30,7 +30,7 @@ class BaseGeneratorAgent(SparseGeneratorAgent):
         return parser
 
     def build_router(self, name: str) -> nn.Module:
-        if self.opt['experts_per_token'] != 1:
+        if self.sparse_config.experts_per_token != 1:
             raise OptionError(
                 '--experts-per-token',
                 "BASE layers' balanced assignment gives each token one expert",
@@ -39,4 +39,4 @@ class BaseGeneratorAgent(SparseGeneratorAgent):
         eps = self.opt['base_auction_eps']
         if not eps > 0:
             raise OptionError('--base-auction-eps', f"got {eps}", "pass a small positive value such as 0.01")
-        return BaseRouter(self.opt['embedding_size'], self.opt['num_experts'], auction_eps=eps)
+        return BaseRouter(self.opt['embedding_size'], self.sparse_config.num_experts, auction_eps=eps)

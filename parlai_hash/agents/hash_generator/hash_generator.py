@@ -139,9 +139,6 @@ class HashGeneratorAgent(SparseGeneratorAgent):
             model.attach_predictor(self._load_predictor())
         return model
 
-    def _num_hashes(self) -> int:
-        return self.opt['multihash']
-
     @classmethod
     def upgrade_opt(cls, opt_from_disk: Opt) -> Opt:
         # Models saved before --hash-gates used each expert's output ungated.
@@ -156,16 +153,18 @@ class HashGeneratorAgent(SparseGeneratorAgent):
         seed = self._layer_seed(name)
         if seed not in self._tables:
             self._tables[seed] = self._make_tables(seed, name)
-        return HashRouter(opt['hash_type'], opt['num_experts'], seed, self._tables[seed],
-                          experts_per_token=opt['experts_per_token'], gates=opt['hash_gates'],
+        config = self.sparse_config
+        return HashRouter(opt['hash_type'], config.num_experts, seed, self._tables[seed],
+                          experts_per_token=config.experts_per_token, gates=opt['hash_gates'],
                           dim=opt['embedding_size'])
 
     def _check_top_k(self) -> None:
         """Before any table is built (a balanced one may count the training data)."""
         opt = self.opt
-        check_hash_gates(opt['hash_gates'], opt['experts_per_token'])
-        make_hash_function(opt['hash_type'], opt['num_experts'], 0, opt['experts_per_token'])
-        if self._num_hashes() > 1 and opt['hash_gates'] != 'none':
+        check_hash_gates(opt['hash_gates'], self.sparse_config.experts_per_token)
+        config = self.sparse_config
+        make_hash_function(opt['hash_type'], config.num_experts, 0, config.experts_per_token)
+        if self.sparse_config.num_hashes > 1 and opt['hash_gates'] != 'none':
             raise OptionError('--multihash', "MultiHash routes each segment to one expert, ungated; "
                               f"it does not combine with --hash-gates {opt['hash_gates']}",
                               "pass --multihash 1, or --hash-gates none")
@@ -177,8 +176,8 @@ class HashGeneratorAgent(SparseGeneratorAgent):
         return seed
 
     def _make_tables(self, seed: int, name: str) -> torch.Tensor:
-        hash_type, n = self.opt['hash_type'], self._num_hashes()
-        num_experts, per_token = self.opt['num_experts'], self.opt['experts_per_token']
+        hash_type, n = self.opt['hash_type'], self.sparse_config.num_hashes
+        num_experts, per_token = self.sparse_config.num_experts, self.sparse_config.experts_per_token
         inputs = self._inputs()
         if self._tables_from_checkpoint:
             return HashRouter.placeholder_tables(hash_type, num_experts, inputs, n, per_token)
@@ -227,8 +226,9 @@ class HashGeneratorAgent(SparseGeneratorAgent):
                 "point it at a trained ParlAI transformer model file",
             )
         self._check_vocab('--hash-cluster-model-file', emb.shape[0], _saved_tokens(path + '.dict'))
-        if self.opt['num_experts'] > emb.shape[0]:
-            raise OptionError('--num-experts', f"k-means cannot make {self.opt['num_experts']} clusters "
+        num_experts = self.sparse_config.num_experts
+        if num_experts > emb.shape[0]:
+            raise OptionError('--num-experts', f"k-means cannot make {num_experts} clusters "
                               f"of {emb.shape[0]} token embeddings",
                               f"use at most {emb.shape[0]} experts, or another --hash-type")
         return emb

@@ -82,7 +82,7 @@ class SwitchGeneratorAgent(SparseGeneratorAgent):
             )
         return SwitchRouter(
             dim=opt['embedding_size'],
-            num_experts=opt['num_experts'],
+            num_experts=self.sparse_config.num_experts,
             vocab_size=len(self.dict),
             source=opt['switch_input'],
             capacity_factor=opt['capacity_factor'],
@@ -92,7 +92,7 @@ class SwitchGeneratorAgent(SparseGeneratorAgent):
             z_loss_weight=opt['router_z_loss_weight'],
             bias=opt['router_bias'],
             token_table=opt['token_switch_table'],
-            experts_per_token=opt['experts_per_token'],
+            experts_per_token=self.sparse_config.experts_per_token,
         )
 
     @classmethod
