@@ -28,6 +28,7 @@ ALIASES = {
     'parlai.agents.hash_generator': 'parlai_hash.agents.hash_generator',
     'parlai.agents.switch_generator': 'parlai_hash.agents.switch_generator',
     'parlai.agents.base_generator': 'parlai_hash.agents.base_generator',
+    'parlai.agents.mixed_generator': 'parlai_hash.agents.mixed_generator',
     'parlai.tasks.pushshift_reddit': 'parlai_hash.tasks.pushshift_reddit',
     'parlai.tasks.wikitext103': 'parlai_hash.tasks.wikitext103',
     'parlai.tasks.bst': 'parlai_hash.tasks.bst',

@@ -45,7 +45,7 @@ WORKERS = 2
 
 TRAIN_SCRIPTS = {'train_model', 'tm', 'multiprocessing_train', 'distributed_train'}
 EVAL_SCRIPTS = {'eval_model', 'em', 'display_model'}
-OUR_AGENTS = {'hash_generator', 'switch_generator', 'base_generator'}
+OUR_AGENTS = {'hash_generator', 'switch_generator', 'base_generator', 'mixed_generator'}
 #: option -> (aliases, tiny value); replaced where given, added to training commands where not.
 TINY = {
     '--embedding-size': (('--embedding-size', '-esz', '--esz'), '16'),

@@ -23,6 +23,9 @@ TOP_2 = {
     'hash_generator': ['--experts-per-token', '2', '--hash-gates', 'learned', '--hash-type', 'balanced',
                        '--shared-experts', '1'],
     'switch_generator': ['--experts-per-token', '2', '--shared-experts', '1', '--shared-expert-size', '24'],
+    # DeepSeek-V4's stack: hash routing early, learned top-k late.
+    'mixed_generator': ['--layer-routing', 'hash:0;switch:2', '--experts-per-token', '2',
+                        '--hash-gates', 'learned', '--shared-experts', '1'],
 }
 
 
@@ -63,7 +66,11 @@ def test_top_2_trains_and_evaluates_with_the_parlai_commands(trained, model):
         with torch.no_grad():
             agent.model.decode_forced(agent.model.encoder(torch.tensor([[4, 5, 6]])), ys)
         assert int(ffn.last_load.sum()) == 2 * ys.numel()
-    if model == 'hash_generator':
+    if model == 'mixed_generator':  # layer 0 routes by its table, layer 2 by a learned router
+        assert 'decoder.layers.0.ffn.router.table' in state and 'decoder.layers.0.ffn.router.gate.weight' in state
+        assert 'decoder.layers.2.ffn.router.router_weight' in state
+        assert not any(k.startswith('decoder.layers.2.ffn.router.table') for k in state)
+    if model in ('hash_generator', 'mixed_generator'):
         table = state['decoder.layers.0.ffn.router.table']
         assert table.shape == (1, len(agent.dict), 2)
         assert all(len(set(row)) == 2 for row in table[0].tolist())
