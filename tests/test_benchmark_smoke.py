@@ -1,16 +1,66 @@
 """The benchmarks run (tiny sizes, one rep): a check that they work, not a timing."""
 
+import json
+import math
 import re
 
 from benchmarks import dispatch
 
 
 def test_dispatch_benchmark_runs_and_checks_correctness(capsys):
-    dispatch.main(['--ks', '2', '--ts', '64', '--reps', '1', '--no-bg-check', '--malloc-default'])
+    dispatch.main(['--ks', '2', '--ts', '64', '--reps', '1', '--no-bg-check', '--malloc-default',
+                   '--no-top2'])
     out = capsys.readouterr().out
     for routing in ('random', 'balanced', 'even', 'switch', 'switch-cf1.25', 'base'):
         assert f'| {routing} | 2 | 64 |' in out
     assert 'target: HASH >= 0.85x dense' in out
+    assert 'Top-2 routing' not in out
+
+
+def test_dispatch_benchmark_top2_rows(capsys, monkeypatch, tmp_path):
+    # Tiny layers: the rows' code paths, not their speed (no timing is asserted).
+    monkeypatch.setattr(dispatch, 'D_MODEL', 32)
+    monkeypatch.setattr(dispatch, 'D_HIDDEN', 64)
+    record = tmp_path / 'top2.json'
+    dispatch.main(['--top2-only', '--top2-ks', '4', '--top2-ts', '96', '--reps', '2',
+                   '--no-bg-check', '--malloc-default', '--json', str(record)])
+    out = capsys.readouterr().out
+    assert out.startswith('Top-2 routing, fwd+bwd, d=32, experts of hidden D=64')
+    assert '| routing | K | T |' not in out  # --top2-only: no k=1 grid
+    number = r'(\d+(?:\.\d+)?)'
+    ci = rf'{number}x \[{number}-{number}\]'
+    rows = {}
+    for name, k, hidden in (('hash-k1', 1, 64), ('hash-k1-layer', 1, 64), ('hash-top2-uniform', 2, 128),
+                            ('hash-top2-learned', 2, 128), ('switch-top2', 2, 128)):
+        m = re.search(rf'^\| {name} \| {k} \| 4 \| 96 \| {number} \({hidden}; {number}\) '
+                      rf'\| {number} \({number}x\) \| {ci} \| (—|{ci}) \| (\d+)/(\d+) = {number} \| \d+ \|$',
+                      out, re.M)
+        assert m, (name, out)
+        rows[name] = m
+        values = [float(v) for v in m.groups() if v not in (None, '—') and not v.endswith(']')]
+        assert all(math.isfinite(v) for v in values), (name, m.group(0))  # tiny: may print 0 ms
+        # Load: all k choices of the 96 tokens over 4 experts; the busiest carries at least the mean.
+        assert int(m.group(13)) == 96 * k // 4 <= int(m.group(12)) <= 96, m.group(0)
+    assert rows['hash-k1-layer'].group(8) != '—'  # paired against the k=1 path
+    assert all(rows[n].group(8) == '—' for n in rows if n != 'hash-k1-layer')
+    assert re.search(r'^target: top-2 >= 0\.8x dense \(hidden 2·D = 128\) at K=4, T=96: '
+                     r'hash-top2-uniform .*; hash-top2-learned .*; switch-top2 [^;]*$', out, re.M), out
+    assert re.search(r'^k=1: the layer path .* at K=4, T=96: ', out, re.M), out
+    # Every row was checked against LOOP before timing (it raises otherwise); the record keeps the errors.
+    data = json.loads(record.read_text())
+    assert [r['name'] for r in data['top2_rows']] == list(dispatch.TOP2_ROWS)
+    assert data['rows'] == []
+    for r in data['top2_rows']:
+        assert len(r['samples_ms'][r['name']]) == 2
+        timings = [r['dense_ms'], r['sparse_ms'], r['ratio'], *r['per_round'], *r['samples_ms'][r['name']]]
+        assert all(math.isfinite(v) and v > 0 for v in timings), r
+        assert r['dense_hidden'] == r['k'] * 64 and r['load_mean'] == 96 * r['k'] / 4
+        assert r['check'] and all(v < dispatch.CHECK_RTOL for v in r['check'].values()), r
+    router_grads = {r['name']: sorted(k for k in r['check'] if k.startswith('router.'))
+                    for r in data['top2_rows']}
+    assert router_grads == {'hash-k1': [], 'hash-k1-layer': [], 'hash-top2-uniform': [],
+                            'hash-top2-learned': ['router.gate.weight'],
+                            'switch-top2': ['router.router_bias', 'router.router_weight']}
 
 
 def test_model_benchmark_runs_every_model(capsys):
