@@ -32,12 +32,8 @@ import torch.multiprocessing as mp
 
 from benchmarks.dispatch import rel_err
 from parlai_hash.dispatch import DispatchPlan, ExpertFFN
-from parlai_hash.expert_parallel import (
-    ExpertParallelPlan,
-    expert_parallel_forward,
-    local_expert_ffn,
-    shard_experts,
-)
+from parlai_hash.parallel.exchange import Exchange
+from parlai_hash.parallel.sharded_experts import ShardedExpertFFN, expert_block
 from parlai_hash.routing import RoutingContext, SwitchRouter
 
 KINDS = ['hash-shared', 'hash-per-layer', 'switch']
@@ -49,16 +45,15 @@ def step(kind: str, layers, routers, x: torch.Tensor, tokens: torch.Tensor, tabl
          K: int) -> torch.Tensor:
     """One training step (fwd + bwd) of the L expert-parallel layers; returns the output."""
     keep = torch.ones_like(tokens, dtype=torch.bool)
-    shared = ExpertParallelPlan.build(table[tokens], K, keep=keep) if kind == 'hash-shared' else None
+    # A shared plan keeps its exchange of counts: the layers after the first reuse it.
+    shared = DispatchPlan.from_experts(table[tokens], K, keep=keep) if kind == 'hash-shared' else None
     h = x
     for layer, router in zip(layers, routers):
         if kind == 'switch':
             route = router(RoutingContext.full(tokens, pad_idx=-1), h)
-            plan = ExpertParallelPlan.build(route.experts, K, keep=keep)
-            h = h + expert_parallel_forward(h, plan, layer, route.gates)
+            h = h + layer(h, DispatchPlan.from_experts(route.experts, K, keep=keep), route.gates)
         else:
-            plan = shared or ExpertParallelPlan.build(table[tokens], K, keep=keep)
-            h = h + expert_parallel_forward(h, plan, layer)
+            h = h + layer(h, shared or DispatchPlan.from_experts(table[tokens], K, keep=keep))
     h.sum().backward()
     return h.detach()
 
@@ -114,7 +109,7 @@ def check(layers, full, routers, x: torch.Tensor, tokens: torch.Tensor, table: t
         errs[f'{kind} dx'] = rel_err(dx, x_all.grad[:, mine])
         errs[f'{kind} dexperts'] = max(
             rel_err(grad_or_zero(dict(local.named_parameters())[name]),
-                    shard_experts(grad_or_zero(p), rank, world))
+                    expert_block(grad_or_zero(p), rank, world))
             for local, whole in zip(layers, full) for name, p in whole.named_parameters()
         )
         if kind == 'switch':
@@ -138,7 +133,7 @@ def plan_ms(table: torch.Tensor, tokens: torch.Tensor, K: int, reps: int = 20) -
     dist.barrier()
     t0 = time.perf_counter()
     for _ in range(reps):
-        ExpertParallelPlan.build(table[tokens], K, keep=keep)
+        Exchange.build(DispatchPlan.from_experts(table[tokens], K, keep=keep), None, tokens.device)
     return 1e3 * (time.perf_counter() - t0) / reps
 
 
@@ -149,7 +144,7 @@ def worker(rank: int, world: int, init: str, args: argparse.Namespace, out: str)
         torch.manual_seed(0)
         K = args.experts
         full = [ExpertFFN(K, args.dim, args.ffn) for _ in range(args.layers)]  # the same on every worker
-        layers = [local_expert_ffn(f, rank, world) for f in full]
+        layers = [ShardedExpertFFN(f, rank, world) for f in full]
         routers = [SwitchRouter(args.dim, K, args.vocab, capacity_factor=0.0) for _ in range(args.layers)]
         table = torch.randint(K, (args.vocab,))
         gen = torch.Generator().manual_seed(rank)

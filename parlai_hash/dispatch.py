@@ -12,8 +12,8 @@ in ``parlai_hash.grouped_gemm``.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Callable, List, Optional
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional
 
 import torch
 import torch.nn as nn
@@ -42,6 +42,10 @@ class DispatchPlan:
     choices: int = 1  # rows per token (k)
     #: [N·k] the token each sorted row reads (``order`` itself when k = 1)
     sources: Optional[torch.Tensor] = None
+    #: What users of the plan derive from it, computed once per plan: layers
+    #: sharing a plan share it too (expert parallelism keeps its exchange of
+    #: counts between workers here).
+    derived: Dict[Any, Any] = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.sources is None:
@@ -126,6 +130,7 @@ class _ExpertsBase(nn.Module):
         self.num_experts = num_experts
         self.dim = dim
         self.dim_hidden = dim_hidden
+        self.activation = activation
         self.nonlinear = activation_function(activation)
         self.relu_dropout = nn.Dropout(p=relu_dropout)
         #: GEMM kernel over sorted rows (``--expert-gemm``); not saved, a run-time choice.

@@ -1,17 +1,19 @@
 """Sparse Transformer pieces built on ParlAI's swappable modules.
 
-``SparseFFN`` = a router (which expert) + ``ExpertFFN`` (the dispatch). The
-encoder/decoder subclasses put it in the listed layers and hand every sparse
-layer the token ids of the current forward pass (``RoutingContext``).
+``SparseFFN`` = a router (which expert) + a dispatch plan (tokens sorted by
+expert) + the experts module that runs it. The layer does not know where its
+experts live: under ``--expert-parallel`` the module is swapped for a sharded
+one with the same call (``parlai_hash.parallel``). The encoder/decoder
+subclasses put it in the listed layers and hand every sparse layer the token
+ids of the current forward pass (``RoutingContext``).
 """
 
 from __future__ import annotations
 
 from functools import partial
-from typing import Callable, Dict, Mapping, Optional
+from typing import Callable, Dict, List, Mapping, Optional
 
 import torch
-import torch.distributed as dist
 import torch.nn as nn
 from parlai.agents.transformer.modules import (
     TransformerDecoder,
@@ -22,12 +24,6 @@ from parlai.nn.checkpoint import checkpoint_wrapper
 from parlai.utils.fsdp import fsdp_wrap
 
 from parlai_hash.dispatch import DispatchPlan, ExpertFFN, MultiHashExpertFFN
-from parlai_hash.expert_parallel import (
-    Experts,
-    ExpertParallelPlan,
-    expert_parallel_forward,
-    multihash_expert_parallel_forward,
-)
 from parlai_hash.options import SparseConfig, check_multihash
 from parlai_hash.routing import Route, RoutingContext
 from parlai_hash.shared_experts import SharedExperts
@@ -76,16 +72,6 @@ class SparseFFN(nn.Module):
         self._load_of: Optional[tuple] = None
         self._last_load: Optional[torch.Tensor] = None
         self.last_route: Optional[Route] = None  # aux loss and stats of the last forward
-        # Expert-parallel training: ``experts`` holds this rank's K/W experts and
-        # tokens travel over all_to_all; evaluation uses ``full_experts``, all K
-        # gathered on every rank, so it needs no collective (ranks may run
-        # different numbers of batches or decoding steps there).
-        self.expert_parallel = False
-        # Expert-parallel exchanges run on their own process group (set when
-        # sharding): they happen inside backward, next to DDP's asynchronous
-        # all-reduces, which would otherwise share one communicator with them.
-        self.expert_group: Optional[dist.ProcessGroup] = None
-        self.full_experts: Optional[Experts] = None
 
     def forward(self, x: torch.Tensor, **kwargs) -> torch.Tensor:
         if self.routing is None:
@@ -117,18 +103,13 @@ class SparseFFN(nn.Module):
             rows = [(experts, keep, choices)]
         else:
             rows = list(zip(experts.unbind(-1), keep.unbind(-1), [1] * choices))
-        if self.expert_parallel and self.training:
-            plans = self._plans(route, 'expert-parallel', lambda: [
-                ExpertParallelPlan.build(e, self.num_experts, keep=k, group=self.expert_group, choices=c)
-                for e, k, c in rows])
-            if self.num_hashes == 1:
-                return expert_parallel_forward(x, plans[0], self.experts, route.gates)
-            return multihash_expert_parallel_forward(x, plans, self.experts)
-        plans = self._plans(route, 'local', lambda: [
+        # ``experts`` computes them wherever its experts live (this process, or
+        # other workers under --expert-parallel): the call is the same.
+        plans = self._plans(route, lambda: [
             DispatchPlan.from_experts(e, self.num_experts, keep=k, choices=c) for e, k, c in rows])
         if self.num_hashes == 1:
-            return self._all_experts()(x, plans[0], route.gates)
-        return self._all_experts()(x, plans)
+            return self.experts(x, plans[0], route.gates)
+        return self.experts(x, plans)
 
     @property
     def last_load(self) -> Optional[torch.Tensor]:
@@ -153,29 +134,22 @@ class SparseFFN(nn.Module):
         """Cache a load fetched by the caller (see ``load_on_device``)."""
         self._last_load = load
 
-    def _all_experts(self) -> Experts:
-        """All K experts on this rank: the layer's own, or (expert-parallel) the gathered copy."""
-        if not self.expert_parallel:
-            return self.experts
-        if self.full_experts is None:
-            raise RuntimeError(f"{self.name}: expert-parallel experts were not gathered for evaluation")
-        return self.full_experts
-
-    def _plans(self, route: Route, kind: str, build: Callable[[], list]) -> list:
+    def _plans(self, route: Route, build: Callable[[], List[DispatchPlan]]) -> List[DispatchPlan]:
         """Plans (one per hash) shared with other layers whose route has the same
         ``plan_key`` in this forward pass, else new.
 
         Hash routing is known from the token ids alone, so layers sharing a table
-        (``--hash-per-layer same``) share one plan per forward pass; in
-        expert-parallel training that saves a count exchange per layer. Learned
-        routers decide per layer from the hidden state: no key, always a new plan.
+        (``--hash-per-layer same``) share one plan per forward pass, and with it
+        whatever is derived from it once (``DispatchPlan.derived``: in
+        expert-parallel training, the exchange of counts between workers).
+        Learned routers decide per layer from the hidden state: no key, always a
+        new plan.
         """
         if route.plan_key is None:
             return build()
-        key = (kind, route.plan_key)
-        if key not in self.routing.plans:
-            self.routing.plans[key] = build()
-        return self.routing.plans[key]
+        if route.plan_key not in self.routing.plans:
+            self.routing.plans[route.plan_key] = build()
+        return self.routing.plans[route.plan_key]
 
 
 def sparse_ffn_builder(name: str, config: SparseConfig, router_factory: RouterFactory):

@@ -1,6 +1,5 @@
 """Expert parallelism on 2 and 4 CPU processes (gloo) equals the single-process layer."""
 
-import dataclasses
 import os
 
 import pytest
@@ -10,8 +9,7 @@ import torch.multiprocessing as mp
 import torch.nn as nn
 
 from parlai_hash.dispatch import DispatchPlan, ExpertFFN
-from parlai_hash.expert_parallel import (ExpertParallelPlan, expert_parallel_forward, gather_experts,
-                                         local_expert_ffn, shard_experts)
+from parlai_hash.parallel.sharded_experts import ShardedExpertFFN, expert_block, gather_blocks
 from parlai_hash.routing import HashRouter, RoutingContext, SwitchRouter
 
 K, D, H, N, V = 8, 6, 10, 7, 40  # experts, dim, hidden, tokens per rank, vocab
@@ -42,15 +40,15 @@ def worker(rank, world, init, out_dir, kind):
     dist.init_process_group('gloo', init_method=init, rank=rank, world_size=world)
     try:
         ffn, router, tokens, x, grad, table = setup(world)
-        local = local_expert_ffn(ffn, rank, world)
+        local = ShardedExpertFFN(ffn, rank, world)
+        assert local.expert_w1.shape[0] == K // world and local.num_experts == K
         xr = x[rank : rank + 1].clone().requires_grad_(True)
         experts, keep, gates = route(kind, router, table, tokens[rank : rank + 1], xr)
-        plan = ExpertParallelPlan.build(experts, K, keep=keep)
-        y = expert_parallel_forward(xr, plan, local)
+        y = local(xr, DispatchPlan.from_experts(experts, K, keep=keep))
         if gates is not None:
             y = y * gates.unsqueeze(-1)
         (y * grad[rank : rank + 1]).sum().backward()
-        full_w1 = gather_experts(local.expert_w1.detach())
+        full_w1 = gather_blocks(local.expert_w1.detach())
         torch.save({
             'y': y.detach(), 'dx': xr.grad,
             'grads': {n: p.grad for n, p in local.named_parameters()},
@@ -87,7 +85,7 @@ def test_expert_parallel_equals_single_process(tmp_path, world, kind):
         torch.testing.assert_close(res['y'][0], y_ref[r])
         torch.testing.assert_close(res['dx'][0], dx_ref[r])
         for name, g in res['grads'].items():
-            torch.testing.assert_close(g, shard_experts(getattr(ffn_ref, name).grad, r, world))
+            torch.testing.assert_close(g, expert_block(getattr(ffn_ref, name).grad, r, world))
         torch.testing.assert_close(res['full_w1'], ffn_ref.expert_w1.detach())
     if kind == 'switch':  # data-parallel router: DDP would sum these
         torch.testing.assert_close(sum(res['router'] for res in results), router_ref.router_weight.grad)
@@ -96,7 +94,7 @@ def test_expert_parallel_equals_single_process(tmp_path, world, kind):
 
 def test_experts_must_divide_over_workers():
     from parlai_hash.errors import OptionError
-    from parlai_hash.expert_parallel import experts_per_rank
+    from parlai_hash.parallel.exchange import experts_per_rank
     with pytest.raises(OptionError, match='^--num-experts'):
         experts_per_rank(6, 4)
     assert experts_per_rank(8, 4) == 2
@@ -130,31 +128,36 @@ def multihash_forward(layers, tokens, x):
 
 
 def multihash_worker(rank, world, init, out_dir):
-    from parlai_hash.agents.expert_sharding import (RANK_LOCAL, attach_eval_experts, gather_full_experts,
-                                                    shard_model, shard_state_dict)
+    from parlai_hash.parallel.exchange import Exchange
+    from parlai_hash.parallel.training import RANK_LOCAL, ExpertParallel
     dist.init_process_group('gloo', init_method=init, rank=rank, world_size=world)
     try:
         _, _, tokens, x, grad, _ = setup(world)
         full = multihash_layers(seed=0).state_dict()
         layers = multihash_layers(seed=100 + rank)  # other weights: the checkpoint must replace them
-        shard_model(layers, rank, world)
-        shard_state_dict(layers, full, rank, world)  # a whole checkpoint loads on any W
+        parallel = ExpertParallel(layers, rank, world)
+        parallel.shard_state_dict(full)  # a whole checkpoint loads on any W
         layers.load_state_dict(full)
-        xr = x[rank : rank + 1].clone().requires_grad_(True)
-        y, ctx = multihash_forward(layers, tokens[rank : rank + 1], xr)
+        exchanges = []  # every count exchange of the training forward
+        build = Exchange.__dict__['build']
+        Exchange.build = classmethod(lambda cls, *a: exchanges.append(1) or build.__func__(cls, *a))
+        try:
+            xr = x[rank : rank + 1].clone().requires_grad_(True)
+            y, ctx = multihash_forward(layers, tokens[rank : rank + 1], xr)
+        finally:
+            Exchange.build = build
         (y * grad[rank : rank + 1]).sum().backward()
-        attach_eval_experts(layers)
+        parallel.gather_for_eval()
         layers.eval()
         with torch.no_grad():
             y_eval, _ = multihash_forward(layers, tokens[rank : rank + 1], xr)
         torch.save({
             'y': y.detach(), 'dx': xr.grad, 'y_eval': y_eval,
-            # the layers' own process group (not picklable) stays behind
-            'plans': [[dataclasses.replace(p, group=None) for p in plans] for plans in ctx.plans.values()],
-            'groups': {layer.expert_group is not None and layer.expert_group != dist.group.WORLD
+            'plans': [len(plans) for plans in ctx.plans.values()], 'exchanges': len(exchanges),
+            'groups': {layer.experts.group is not None and layer.experts.group != dist.group.WORLD
                        for layer in layers},
             'grads': {n: p.grad for n, p in layers.named_parameters() if getattr(p, RANK_LOCAL, False)},
-            'full': gather_full_experts(layers),
+            'full': parallel.gather_experts(),
         }, os.path.join(out_dir, f'rank{rank}.pt'))
     finally:
         dist.destroy_process_group()
@@ -179,18 +182,20 @@ def test_multihash_expert_parallel_equals_single_process(tmp_path, world):
         assert len(res['grads']) == 2 * 4 * NH
         for name, g in res['grads'].items():
             assert g.shape[0] == K // world
-            torch.testing.assert_close(g, shard_experts(ref_params[name].grad, r, world))
+            torch.testing.assert_close(g, expert_block(ref_params[name].grad, r, world))
         assert res['full'].keys() == {n for n in ref_params if '.experts.' in n}
         for name, w in res['full'].items():
             torch.testing.assert_close(w, ref_params[name].detach())
-        (plans,) = res['plans']  # one exchange of counts per hash, shared by both layers
+        assert res['plans'] == [NH]  # one plan per hash, shared by both layers...
+        assert res['exchanges'] == NH  # ...and one exchange of counts per hash, not per layer
         assert res['groups'] == {True}  # the exchanges ran on the layers' own group
-        assert len(plans) == NH
     assert y_ref[0, -2:].abs().sum() == 0  # padding was never computed
 
 
 def test_multihash_experts_must_divide_over_workers():
-    from parlai_hash.agents.expert_sharding import shard_model
     from parlai_hash.errors import OptionError
+    from parlai_hash.parallel.training import ExpertParallel
+    layers = multihash_layers(seed=0)
     with pytest.raises(OptionError, match='^--num-experts'):
-        shard_model(multihash_layers(seed=0), 0, 3)
+        ExpertParallel(layers, 0, 3)  # refused before any collective (none is set up here)
+    assert all(type(layer.experts).__name__ == 'MultiHashExpertFFN' for layer in layers)  # untouched

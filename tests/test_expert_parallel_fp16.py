@@ -30,7 +30,7 @@ def global_norm() -> float:
 def make(rank: int, impl: str, overflow: bool, momentum: float = 0.0):
     from parlai.utils.fp16 import MemoryEfficientFP16Optimizer, SafeFP16Optimizer
 
-    from parlai_hash.agents.expert_sharding import RANK_LOCAL
+    from parlai_hash.parallel.training import RANK_LOCAL
 
     model = nn.Module()
     model.dense = nn.Parameter(torch.zeros(3, dtype=torch.half))
@@ -56,7 +56,7 @@ def make(rank: int, impl: str, overflow: bool, momentum: float = 0.0):
 
 
 def worker(rank, init, out_dir, impl, overflow):
-    from parlai_hash.agents.expert_sharding import global_norm_in_parlai_update
+    from parlai_hash.parallel.training import global_norm_in_parlai_update
 
     dist.init_process_group('gloo', init_method=init, rank=rank, world_size=WORLD)
     try:
@@ -100,7 +100,7 @@ def test_control_parlai_alone_takes_only_this_ranks_norm():
 
 
 def optimizer_state_worker(rank, init, out_dir, impl):
-    from parlai_hash.agents.expert_sharding import gather_optimizer_state, shard_optimizer_state
+    from parlai_hash.parallel.training import gather_optimizer_state, shard_optimizer_state
 
     dist.init_process_group('gloo', init_method=init, rank=rank, world_size=WORLD)
     try:

@@ -123,6 +123,7 @@ def test_out_of_memory_in_expert_parallel_training_stops_with_the_fix(tmp_path, 
     expert parallelism that dummy batch's exchanges would pair with other ranks' collectives."""
     import pytest
     from parlai_hash.errors import OptionError
+    from parlai_hash.parallel.training import ExpertParallel
 
     agent = _agent(tmp_path, dict_file, 'hash_generator', hash_type='random')
     batch = batch_of(agent, [('1 2 3', '4 5 6')])
@@ -131,7 +132,8 @@ def test_out_of_memory_in_expert_parallel_training_stops_with_the_fix(tmp_path, 
         raise RuntimeError('CUDA out of memory. Tried to allocate 2.00 GiB')
 
     monkeypatch.setattr(agent, 'compute_loss', out_of_memory)
-    agent._ep_world = 2  # what build_model sets under --expert-parallel on 2 workers
+    # what build_model sets under --expert-parallel on 2 workers (needs no collective here)
+    agent.expert_parallel = object.__new__(ExpertParallel)
     with pytest.raises(OptionError, match='^--batchsize: a worker ran out of memory'):
         agent.train_step(batch)
     # one process: ParlAI's skip-the-batch handling as before (its dummy batch computes)
@@ -143,7 +145,7 @@ def test_out_of_memory_in_expert_parallel_training_stops_with_the_fix(tmp_path, 
         return out_of_memory() if len(calls) == 1 else real_loss(*args, **kwargs)
 
     monkeypatch.setattr(agent, 'compute_loss', first_call_out_of_memory)
-    agent._ep_world = None
+    agent.expert_parallel = None
     agent.reset_metrics()
     agent.train_step(batch)
     assert agent.report()['skipped_batches'] == 1 and len(calls) == 2

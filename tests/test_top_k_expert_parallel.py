@@ -7,9 +7,10 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from parlai_hash.expert_parallel import local_expert_ffn, shard_experts
 from parlai_hash.options import SparseConfig
 from parlai_hash.layers import SparseFFN
+from parlai_hash.parallel.sharded_experts import expert_block
+from parlai_hash.parallel.training import ExpertParallel
 from parlai_hash.routing import HashRouter, RoutingContext, SwitchRouter, TableInputs
 
 K, D, H, N, V, WORLD = 4, 6, 10, 7, 40, 2  # experts, dim, hidden, tokens per rank, vocab, ranks
@@ -50,8 +51,8 @@ def worker(rank, init, out_dir, kind):
     try:
         tokens, x, grad = setup()
         ffn = layer(kind)
-        ffn.experts = local_expert_ffn(ffn.experts, rank, WORLD)
-        ffn.expert_parallel = True
+        ExpertParallel(ffn, rank, WORLD)
+        assert ffn.experts.expert_w1.shape[0] == K // WORLD
         ffn.train()
         y, dx = run(ffn, tokens[rank : rank + 1], x[rank : rank + 1], grad[rank : rank + 1])
         torch.save({'y': y, 'dx': dx, 'grads': {n: p.grad for n, p in ffn.named_parameters()}},
@@ -75,7 +76,7 @@ def test_top_2_expert_parallel_equals_single_process(tmp_path, kind):
         torch.testing.assert_close(res['dx'], reference[r][1])
         for name, g in res['grads'].items():
             if name.startswith('experts.'):
-                torch.testing.assert_close(g, shard_experts(summed[name], r, WORLD), msg=name)
+                torch.testing.assert_close(g, expert_block(summed[name], r, WORLD), msg=name)
     for name in (n for n in summed if n.startswith('router.')):  # data-parallel: DDP would sum these
         torch.testing.assert_close(sum(res['grads'][name] for res in results), summed[name], msg=name)
     assert reference[0][0][0, -2:].abs().sum() == 0  # padding was never computed

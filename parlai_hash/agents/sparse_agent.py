@@ -17,7 +17,6 @@ from parlai.core.params import ParlaiParser
 from parlai.utils import logging as logger  # ParlAI's log: shown at its --loglevel
 
 from parlai_hash import compat
-from parlai_hash.agents import expert_sharding as sharding
 from parlai_hash.agents.checkpoint_fit import check_checkpoint_fits
 from parlai_hash.agents.option_checks import check_training_options
 from parlai_hash.errors import OptionError, install_excepthook
@@ -25,6 +24,7 @@ from parlai_hash.freezing import FREEZE_MODES, apply_freeze
 from parlai_hash.layers import SparseTransformerModel
 from parlai_hash.metrics import load_metrics
 from parlai_hash.options import SparseConfig, n_decoder_layers
+from parlai_hash.parallel.agent import ExpertParallelAgentMixin
 from parlai_hash.train_hooks import building_train_loop
 
 compat.apply_loaded()
@@ -46,11 +46,12 @@ def dictionary_counts(dictionary) -> torch.Tensor:
     return counts
 
 
-class SparseGeneratorAgent(TransformerGeneratorAgent):
+class SparseGeneratorAgent(ExpertParallelAgentMixin, TransformerGeneratorAgent):
     """A TransformerGeneratorAgent whose listed FFN layers are mixtures of experts.
 
     Subclasses say how tokens are routed (``build_router``); placement, dispatch
-    and expert-load metrics are common.
+    and expert-load metrics are common, and so is ``--expert-parallel``
+    (``ExpertParallelAgentMixin``).
     """
 
     @classmethod
@@ -190,17 +191,7 @@ class SparseGeneratorAgent(TransformerGeneratorAgent):
             logger.info(
                 f"--freeze {mode}: {counts['trainable']:,} of {counts['total']:,} parameters trainable"
             )
-        self._ep_world = sharding.world_for(self.opt)
-        if self._ep_world:
-            import torch.distributed as dist
-            import parlai.core.torch_generator_agent as generator_module
-
-            sharding.shard_model(model, dist.get_rank(), self._ep_world)
-            # ParlAI copies rank 0's parameters to every rank at start-up: not the shards.
-            generator_module.sync_parameters = sharding.sync_dense_parameters
-            logger.info(f"--expert-parallel: {self.sparse_config.num_experts // self._ep_world} experts "
-                        f"per worker on {self._ep_world} workers")
-        self._gathered_experts = self._gathered_optimizer = None
+        self.shard_for_training(model)
         return model
 
     def _bare_model(self) -> nn.Module:
@@ -208,89 +199,6 @@ class SparseGeneratorAgent(TransformerGeneratorAgent):
 
     def _sparse_ffns(self):
         return self._bare_model().sparse_ffns()
-
-    # ------------------------------------------------ expert parallelism
-
-    @property
-    def saves_collectively(self) -> bool:
-        """Saving gathers sharded experts on every worker (parlai_hash.train_hooks)."""
-        return bool(getattr(self, '_ep_world', None))
-
-    def before_eval(self) -> None:
-        """Called on every worker around ParlAI's eval loop (parlai_hash.train_hooks)."""
-        if getattr(self, '_ep_world', None):
-            sharding.attach_eval_experts(self._bare_model())
-
-    def after_eval(self) -> None:
-        if getattr(self, '_ep_world', None):
-            sharding.detach_eval_experts(self._bare_model())
-
-    def _gather_for_checkpoint(self) -> None:
-        """All K experts and their optimizer state, on every rank (collectives)."""
-        model = self._bare_model()
-        self._gathered_experts = sharding.gather_full_experts(model)
-        if getattr(self, 'optimizer', None) is not None:
-            self._gathered_optimizer = sharding.gather_optimizer_state(
-                model, self.optimizer, self.optimizer.state_dict())
-
-    def save(self, path=None):
-        if not getattr(self, '_ep_world', None):
-            return super().save(path)
-        self._gather_for_checkpoint()
-        try:
-            return super().save(path)
-        finally:
-            self._gathered_experts = self._gathered_optimizer = None
-
-    def save_nonprimary(self, path=None):
-        if getattr(self, '_ep_world', None):
-            self._gather_for_checkpoint()  # the primary's save gathers too
-            self._gathered_experts = self._gathered_optimizer = None
-        return super().save_nonprimary(path)
-
-    def state_dict(self):
-        states = super().state_dict()
-        if getattr(self, '_gathered_experts', None):
-            states['model'].update(self._gathered_experts)
-        if getattr(self, '_gathered_optimizer', None) is not None and 'optimizer' in states:
-            states['optimizer'] = self._gathered_optimizer
-        return states
-
-    def init_optim(self, params, optim_states=None, saved_optim_type=None, is_finetune=False):
-        reset = super().init_optim(params, optim_states, saved_optim_type, is_finetune)
-        if getattr(self, '_ep_world', None) and optim_states and not reset:
-            import torch.distributed as dist
-            # Checkpoints hold every expert's optimizer state: keep this rank's.
-            sharding.shard_optimizer_state(self._bare_model(), self.optimizer,
-                                           dist.get_rank(), self._ep_world)
-        return reset
-
-    def _fake_forward_backward_pass(self):
-        # ParlAI's answer to an out-of-memory batch: skip it, and run a dummy
-        # batch to keep DDP's all-reduces in step. Expert-parallel workers would
-        # be mid-way through the batch's token exchanges, so the dummy batch's
-        # exchanges would pair with another rank's gradient-norm all-reduce: a
-        # hang or garbage. Stop instead.
-        if getattr(self, '_ep_world', None):
-            raise OptionError(
-                '--batchsize',
-                'a worker ran out of memory in expert-parallel training, where workers cannot '
-                'skip a batch on their own (every step exchanges tokens between all of them)',
-                'lower -bs or --truncate, or use more workers, and resume from the checkpoint',
-            )
-        return super()._fake_forward_backward_pass()
-
-    def update_params(self):
-        if not getattr(self, '_ep_world', None):
-            return super().update_params()
-        if self.opt.get('update_freq', 1) > 1 and self._number_grad_accum != 0:
-            return  # accumulating: ParlAI's update returns here too
-        # DDP averages dense gradients over workers; expert gradients sum every
-        # worker's tokens: divide them by W so the update equals data parallelism.
-        model = self._bare_model()
-        sharding.scale_expert_grads(model, 1.0 / self._ep_world)
-        with sharding.global_norm_in_parlai_update(model, self.optimizer):
-            super().update_params()
 
     def compute_loss(self, batch, return_output=False):
         out = super().compute_loss(batch, return_output=return_output)
@@ -322,7 +230,4 @@ class SparseGeneratorAgent(TransformerGeneratorAgent):
 
     def load_state_dict(self, state_dict):
         check_checkpoint_fits(state_dict, self._bare_model().state_dict(), self.sparse_config.num_experts)
-        if getattr(self, '_ep_world', None):
-            import torch.distributed as dist
-            sharding.shard_state_dict(self._bare_model(), state_dict, dist.get_rank(), self._ep_world)
         return super().load_state_dict(state_dict)

@@ -1,12 +1,12 @@
-"""``--expert-parallel``: shard every sparse layer's experts over the training workers.
+"""One model trained expert-parallel: what ParlAI's data-parallel training needs around it.
 
-Rank r keeps experts [r·K/W, (r+1)·K/W) (parlai_hash.expert_parallel); a
-MultiHash layer keeps those copies of each of its segments. What
-ParlAI's data-parallel training needs around that, kept in this one module:
-
+* Its expert modules are swapped for sharded ones (``sharded_experts``), once,
+  when the model is built; their exchanges run on a process group of their
+  own: they happen inside backward, next to DDP's asynchronous all-reduces,
+  which would otherwise share one communicator with them.
 * DDP must not all-reduce expert gradients (each rank owns its experts).
 * ParlAI's ``sync_parameters`` at start-up must not copy rank 0's experts
-  over everyone's shard.
+  over everyone's block.
 * Expert gradients sum every worker's loss; DDP *averages* the dense ones, so
   expert gradients are divided by W to match a single data-parallel model.
 * Gradient clipping must use the global norm (dense + every rank's experts),
@@ -16,89 +16,113 @@ ParlAI's data-parallel training needs around that, kept in this one module:
   ``save``/``save_nonprimary`` give us on every rank), so they load on one
   process or any W dividing K. The optimizer's per-expert state (Adam's
   moments, momentum) is gathered the same way and cut back to each rank's
-  shard on load, so a resumed run continues as an unsharded one would.
-* Evaluation runs on full experts gathered around ParlAI's eval loop (see
-  ``parlai_hash.train_hooks``): no collective inside an eval forward.
+  block on load, so a resumed run continues as an unsharded one would.
+* Evaluation runs on full experts gathered around ParlAI's eval loop: no
+  collective inside an eval forward.
 """
 
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Any, Dict, Iterable, Iterator, List, Optional, Set
+from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Set
 
 import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-from parlai_hash.expert_parallel import experts_like, experts_per_rank, gather_experts, local_expert_ffn
-from parlai_hash.layers import SparseFFN
+from parlai_hash.parallel.sharded_experts import ShardedExperts, expert_block, gather_blocks, shard_experts
 
-#: Marks a parameter that differs by rank (an expert shard).
+#: Marks a parameter that differs by rank (a block of experts).
 RANK_LOCAL = '_parlai_hash_rank_local'
 
 
-def sparse_layers(model: nn.Module) -> Dict[str, SparseFFN]:
-    """Module path -> SparseFFN, in a fixed order (collectives must match)."""
-    return {n: m for n, m in model.named_modules() if isinstance(m, SparseFFN)}
+class ExpertParallel:
+    """``model``'s experts sharded over W ranks, and the collectives training needs.
 
+    Every rank builds one (a collective: it creates the exchanges' process group).
+    """
 
-def shard_model(model: nn.Module, rank: int, world: int) -> None:
-    """Keep this rank's experts; tell DDP to leave them alone; give the
-    layers' token exchanges a process group of their own (every rank calls this)."""
-    layers = sparse_layers(model).values()
-    for ffn in layers:
-        full = dict(ffn.experts.named_parameters())
-        local = local_expert_ffn(ffn.experts, rank, world)
-        for pname, param in local.named_parameters():
-            param.requires_grad_(full[pname].requires_grad)  # keeps --freeze experts
-            setattr(param, RANK_LOCAL, True)
-        ffn.experts = local
-        ffn.expert_parallel = True
-    group = dist.new_group()
-    for ffn in layers:
-        ffn.expert_group = group
-    ignored = [n for n, p in model.named_parameters() if getattr(p, RANK_LOCAL, False)]
-    torch.nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, ignored)
+    def __init__(self, model: nn.Module, rank: int, world: int):
+        self.model, self.rank, self.world = model, rank, world
+        # Refuses experts that do not divide over W before any collective.
+        self.layers: Dict[str, ShardedExperts] = shard_experts(model, rank, world)
+        group = dist.new_group()
+        for experts in self.layers.values():
+            experts.group = group
+            for param in experts.parameters():  # type: ignore[attr-defined]
+                setattr(param, RANK_LOCAL, True)
+        ignored = [n for n, p in model.named_parameters() if getattr(p, RANK_LOCAL, False)]
+        torch.nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, ignored)
 
+    @classmethod
+    def for_training(cls, opt: Mapping[str, Any], model: nn.Module) -> Optional["ExpertParallel"]:
+        """Shard ``model`` when this process trains with ``--expert-parallel``; else None.
 
-def shard_state_dict(model: nn.Module, state: Dict[str, torch.Tensor], rank: int, world: int) -> None:
-    """Slice full ``[K, ...]`` expert tensors of a checkpoint to this rank's shard
-    (MultiHash segments too: ``...experts.expert_w1.0``)."""
-    own = model.state_dict()
-    for key, value in list(state.items()):
-        if key in own and own[key].dim() and value.shape[0] != own[key].shape[0] and '.experts.' in key:
-            per_rank = experts_per_rank(value.shape[0], world)
-            state[key] = value[rank * per_rank : (rank + 1) * per_rank].clone()
+        Evaluation-only runs (``multiprocessing_eval``) keep every expert on every rank.
+        """
+        from parlai.utils.distributed import is_distributed
 
+        from parlai_hash.train_hooks import building_train_loop
 
-def gather_full_experts(model: nn.Module) -> Dict[str, torch.Tensor]:
-    """State-dict key -> all K experts (every rank must call this)."""
-    full = {}
-    for name, ffn in sparse_layers(model).items():
-        for pname, param in ffn.experts.named_parameters():
-            full[f'{name}.experts.{pname}'] = gather_experts(param.detach())
-    return full
+        if not opt.get('expert_parallel') or not is_distributed() or not building_train_loop():
+            return None
+        import parlai.core.torch_generator_agent as generator_module
 
+        sharded = cls(model, dist.get_rank(), dist.get_world_size())
+        # ParlAI copies rank 0's parameters to every rank at start-up: not the blocks.
+        generator_module.sync_parameters = sync_dense_parameters
+        return sharded
 
-def attach_eval_experts(model: nn.Module) -> None:
-    """Give every sharded layer a full copy of its experts for evaluation."""
-    full = gather_full_experts(model)
-    for name, ffn in sparse_layers(model).items():
-        copy = experts_like(ffn.experts, ffn.num_experts)
-        with torch.no_grad():
-            for pname, param in copy.named_parameters():
-                param.copy_(full[f'{name}.experts.{pname}'])
-        copy.requires_grad_(False)
-        ffn.full_experts = copy
+    @property
+    def experts_per_worker(self) -> int:
+        return next(iter(self.layers.values())).local_experts if self.layers else 0
 
+    # ------------------------------------------------------------ evaluation
 
-def detach_eval_experts(model: nn.Module) -> None:
-    for ffn in sparse_layers(model).values():
-        ffn.full_experts = None
+    def gather_for_eval(self) -> None:
+        """Every sharded layer gets a full copy of its experts (every rank calls this)."""
+        for experts in self.layers.values():
+            experts.gather_for_eval()
+
+    def release_eval(self) -> None:
+        for experts in self.layers.values():
+            experts.release_eval()
+
+    # ------------------------------------------------------------ checkpoints
+
+    def gather_experts(self) -> Dict[str, torch.Tensor]:
+        """State-dict key -> all K experts (every rank must call this)."""
+        return {f'{path}.{name}': value for path, experts in self.layers.items()
+                for name, value in experts.gathered_parameters().items()}
+
+    def shard_state_dict(self, state: Dict[str, torch.Tensor]) -> None:
+        """Cut a checkpoint's full ``[K, ...]`` expert tensors to this rank's block, in place
+        (MultiHash segments too: ``...experts.expert_w1.0``)."""
+        for path, experts in self.layers.items():
+            for name, param in experts.named_parameters():  # type: ignore[attr-defined]
+                key = f'{path}.{name}'
+                if key in state and state[key].shape[0] == experts.num_experts != param.shape[0]:
+                    state[key] = expert_block(state[key], self.rank, self.world)
+
+    def gather_optimizer_state(self, optimizer, state: Dict[str, Any]) -> Dict[str, Any]:
+        return gather_optimizer_state(self.model, optimizer, state)
+
+    def shard_optimizer_state(self, optimizer) -> None:
+        shard_optimizer_state(self.model, optimizer, self.rank, self.world)
+
+    # ------------------------------------------------------------ updates
+
+    @contextmanager
+    def update(self, optimizer) -> Iterator[None]:
+        """Around ParlAI's ``update_params``: expert gradients averaged like DDP's
+        dense ones, every gradient norm global."""
+        scale_expert_grads(self.model, 1.0 / self.world)
+        with global_norm_in_parlai_update(self.model, optimizer):
+            yield
 
 
 def sync_dense_parameters(model: nn.Module) -> bool:
-    """ParlAI's sync_parameters, skipping rank-local expert shards."""
+    """ParlAI's sync_parameters, skipping rank-local expert blocks."""
     from parlai.utils.distributed import is_distributed, is_primary_worker
 
     if not is_distributed():
@@ -114,14 +138,14 @@ def sync_dense_parameters(model: nn.Module) -> bool:
 
 
 def scale_expert_grads(model: nn.Module, factor: float) -> None:
-    """Multiply this rank's expert-shard gradients (any dtype, loss-scaled or not)."""
+    """Multiply this rank's expert-block gradients (any dtype, loss-scaled or not)."""
     for p in model.parameters():
         if p.grad is not None and getattr(p, RANK_LOCAL, False):
             p.grad.mul_(factor)
 
 
 def rank_local_ids(model: nn.Module, optimizer) -> Set[int]:
-    """ids of the expert-shard parameters, and of the float32 master copies that
+    """ids of the expert-block parameters, and of the float32 master copies that
     ParlAI's safe fp16 optimizer keeps of them (its norm is taken over those)."""
     ids = {id(p) for p in model.parameters() if getattr(p, RANK_LOCAL, False)}
     for p, p32 in zip(getattr(optimizer, 'fp16_params', ()), getattr(optimizer, 'fp32_params', ())):
@@ -133,7 +157,7 @@ def rank_local_ids(model: nn.Module, optimizer) -> Set[int]:
 def global_grad_norm(params: Iterable[torch.Tensor], local_ids: Set[int],
                      max_norm: float = 0.0) -> torch.Tensor:
     """Norm over dense gradients (equal on every rank) and every rank's expert
-    shards; clips to ``max_norm`` if positive. Every rank gets the same norm, so
+    blocks; clips to ``max_norm`` if positive. Every rank gets the same norm, so
     they scale shared gradients alike and agree on an fp16 overflow (inf/nan)."""
     params = [p for p in params if p.grad is not None]
     device = params[0].grad.device if params else torch.device('cpu')
@@ -209,8 +233,8 @@ def _per_expert(value: Any, rows: int) -> bool:
 
 def gather_optimizer_state(model: nn.Module, optimizer, state: Dict[str, Any]) -> Dict[str, Any]:
     """``state`` (this rank's ``optimizer.state_dict()``) with every expert
-    shard's per-expert tensors gathered to all K experts: a collective, every
-    rank calls it. Rows are ranks' shards in order, as in the gathered weights."""
+    block's per-expert tensors gathered to all K experts: a collective, every
+    rank calls it. Rows are ranks' blocks in order, as in the gathered weights."""
     ids = rank_local_ids(model, optimizer)
     out = dict(state)
     out['state'] = dict(state['state'])
@@ -225,7 +249,7 @@ def gather_optimizer_state(model: nn.Module, optimizer, state: Dict[str, Any]) -
             out['state'].pop(index, None)
             continue
         out['state'][index] = {
-            key: gather_experts(value) if _per_expert(value, param.shape[0]) else value
+            key: gather_blocks(value) if _per_expert(value, param.shape[0]) else value
             for key, value in sorted(entry.items())
         }
     return out
@@ -233,7 +257,7 @@ def gather_optimizer_state(model: nn.Module, optimizer, state: Dict[str, Any]) -
 
 def shard_optimizer_state(model: nn.Module, optimizer, rank: int, world: int) -> None:
     """After ParlAI loaded a checkpoint's optimizer state: cut each expert
-    shard's full-K tensors down to this rank's rows."""
+    block's full-K tensors down to this rank's rows."""
     ids = rank_local_ids(model, optimizer)
     state = _state_holder(optimizer).state
     for param in _optimizer_params(optimizer):
@@ -244,15 +268,3 @@ def shard_optimizer_state(model: nn.Module, optimizer, rank: int, world: int) ->
         for key, value in entry.items():
             if _per_expert(value, rows * world):
                 entry[key] = value[rank * rows : (rank + 1) * rows].clone()
-
-
-def world_for(opt) -> Optional[int]:
-    """W when this process trains expert-parallel, else None: evaluation-only runs
-    (``multiprocessing_eval``) keep every expert on every rank."""
-    from parlai.utils.distributed import is_distributed
-
-    from parlai_hash.train_hooks import building_train_loop
-
-    if not opt.get('expert_parallel') or not is_distributed() or not building_train_loop():
-        return None
-    return dist.get_world_size()
