@@ -133,7 +133,9 @@ def expert_work(agent) -> Optional[Tuple[float, float]]:
     for layer in layers.values():
         stats = layer.last_route.stats if layer.last_route is not None else {}
         computed.append(1.0 - stats.get('dropped', 0.0))
-        load = layer.last_load.float()
+        # the step's own tokens, from its route (the agent's metrics took the layer's counts)
+        load = torch.bincount(layer.last_route.experts[layer.routing.mask].flatten(),
+                              minlength=layer.num_experts).float()
         imbalance.append(float(load.max() / load.mean().clamp_min(1e-9)))
     return statistics.mean(computed), statistics.mean(imbalance)
 

@@ -67,11 +67,12 @@ class SparseFFN(nn.Module):
             self.shared = SharedExperts(config.shared_experts, dim, config.shared_expert_size or dim_hidden,
                                         relu_dropout, activation)
         self.routing: Optional[RoutingContext] = None  # bound by the owning stack
-        # Routing of the last forward, counted into ``last_load`` only when read:
-        # generation never reads it, and on CUDA counting would sync every layer.
-        self._load_of: Optional[tuple] = None
-        self._last_load: Optional[torch.Tensor] = None
         self.last_route: Optional[Route] = None  # aux loss and stats of the last forward
+        #: Real tokens routed to each expert (every k choice, every MultiHash hash),
+        #: summed over forwards until ``take_load``. Kept on the layer's device so
+        #: counting never waits for the host and a caller fetches every layer's
+        #: counts in one copy; not saved (a statistic of the run, not of the model).
+        self.register_buffer('load', torch.zeros(config.num_experts, dtype=torch.long), persistent=False)
 
     def forward(self, x: torch.Tensor, **kwargs) -> torch.Tensor:
         if self.routing is None:
@@ -95,9 +96,8 @@ class SparseFFN(nn.Module):
         keep = real.unsqueeze(-1).expand_as(experts)
         if route.keep is not None:
             keep = keep & route.keep
-        self._load_of = (experts.detach(), real)
-        self._last_load = None
         self.last_route = route
+        self._count_load(experts, real)
         # What each plan routes: all k choices at once, or (MultiHash) hash m's segment.
         if self.num_hashes == 1:
             rows = [(experts, keep, choices)]
@@ -111,28 +111,18 @@ class SparseFFN(nn.Module):
             return self.experts(x, plans[0], route.gates)
         return self.experts(x, plans)
 
-    @property
-    def last_load(self) -> Optional[torch.Tensor]:
-        """Real tokens per expert in the last forward (CPU, ``[K]``); top-k and
-        MultiHash count every choice. None before the first forward."""
-        if self._last_load is None and self._load_of is not None:
-            self._last_load = self.load_on_device().cpu()
-        return self._last_load
+    def _count_load(self, experts: torch.Tensor, real: torch.Tensor) -> None:
+        # index_add_, not bincount: bincount reads the largest id back to the
+        # host (a sync per layer per decoding step on CUDA); padding adds 0.
+        weights = real.unsqueeze(-1).expand_as(experts).reshape(-1).to(self.load.dtype)
+        self.load.index_add_(0, experts.detach().reshape(-1).to(torch.long), weights)
 
-    def load_on_device(self) -> Optional[torch.Tensor]:
-        """``last_load`` still on the layer's device, without a host sync (no
-        boolean indexing), so a caller can fetch every layer's in one copy."""
-        if self._load_of is None:
-            return None
-        experts, real = self._load_of
-        real = real.unsqueeze(-1).expand_as(experts)  # [B, T, k]
-        counts = torch.bincount(experts.reshape(-1), weights=real.reshape(-1).to(torch.float64),
-                                minlength=self.num_experts)
-        return counts.round().to(torch.long)
-
-    def set_last_load(self, load: torch.Tensor) -> None:
-        """Cache a load fetched by the caller (see ``load_on_device``)."""
-        self._last_load = load
+    def take_load(self) -> torch.Tensor:
+        """Real tokens per expert since the last call (``[K]`` int64 on the layer's
+        device; top-k and MultiHash count every choice), and start again from 0."""
+        load = self.load.clone()
+        self.load.zero_()
+        return load
 
     def _plans(self, route: Route, build: Callable[[], List[DispatchPlan]]) -> List[DispatchPlan]:
         """Plans (one per hash) shared with other layers whose route has the same
@@ -150,6 +140,15 @@ class SparseFFN(nn.Module):
         if route.plan_key not in self.routing.plans:
             self.routing.plans[route.plan_key] = build()
         return self.routing.plans[route.plan_key]
+
+
+def take_loads(layers: Mapping[str, SparseFFN]) -> Dict[str, torch.Tensor]:
+    """Every layer's ``take_load()`` on the host, fetched in one device-to-host copy."""
+    taken = {name: ffn.take_load() for name, ffn in layers.items()}
+    if not taken:
+        return {}
+    fetched = torch.cat(list(taken.values())).cpu()
+    return dict(zip(taken, fetched.split([load.numel() for load in taken.values()])))
 
 
 def sparse_ffn_builder(name: str, config: SparseConfig, router_factory: RouterFactory):

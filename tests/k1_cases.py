@@ -89,5 +89,5 @@ def run_case(name: str, ffn: SparseFFN) -> Dict[str, object]:
         'gates': None if route.gates is None else route.gates.detach().reshape(-1),
         'keep': None if route.keep is None else route.keep.reshape(-1),
         'aux': None if route.aux_loss is None else route.aux_loss.detach(),
-        'load': ffn.last_load,
+        'load': ffn.take_load(),
     }

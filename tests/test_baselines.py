@@ -382,7 +382,9 @@ def test_reported_load_sums_the_counts_of_every_batch(agent_for, model):
     total, per_batch = {}, []
     for obs in observed:
         agent.batch_act(obs)  # one training step, as the training loop runs it
-        counts = {n: f.last_load.clone() for n, f in agent.model.sparse_ffns().items()}
+        # recounted from each layer's route: real tokens, every choice
+        counts = {n: torch.bincount(f.last_route.experts[f.routing.mask].flatten(), minlength=f.num_experts)
+                  for n, f in agent.model.sparse_ffns().items()}
         per_batch.append(counts)
         for n, c in counts.items():
             total[n] = total.get(n, 0) + c

@@ -97,15 +97,15 @@ def test_incremental_decoding_equals_full_forward(agent):
         enc = model.encoder(batch.text_vec)
         full = model.output(model.decoder(ys, enc)[0])
         table = model.decoder.layers[2].ffn.router.table[0]
+        ffn = model.decoder.layers[2].ffn
+        assert torch.equal(ffn.take_load(), torch.bincount(table[ys].flatten(), minlength=4))
         incr = None
         for t in range(ys.size(1)):
             latent, incr = model.decoder(ys[:, : t + 1], enc, incr)
             torch.testing.assert_close(model.output(latent)[:, -1], full[:, t], rtol=1e-4, atol=1e-5)
             # the router saw the true newest token, not a stale position
             expected = torch.bincount(table[ys[:, t]], minlength=4)
-            ffn = model.decoder.layers[2].ffn
-            assert ffn._last_load is None  # counted only when read (decoding never reads it)
-            assert torch.equal(ffn.last_load, expected)
+            assert torch.equal(ffn.take_load(), expected)
         # beam search reorders the incremental state: still the full forward
         inds = torch.tensor([1, 1])
         enc2 = model.reorder_encoder_states(enc, inds)
@@ -244,11 +244,15 @@ def test_padding_in_a_batch_does_not_change_real_tokens(agent):
     short, long = torch.tensor([[5, 6]]), torch.tensor([[7, 8, 9, 10, 5]])
     ys = torch.full((2, 5), agent.NULL_IDX)
     ys[0, :2], ys[1] = short[0], long[0]
+    load = model.decoder.layers[0].ffn.take_load  # what earlier forwards counted goes first
+    load()
     with torch.no_grad():
         enc = model.encoder(batch.text_vec)
         both = model.decode_forced(enc, ys)[0]
+        # decoder inputs: the start token, then each label but its last token; padding is not counted
+        assert int(load().sum()) == 3 + 5
         for i, y in enumerate((short, long)):
             enc_i = model.encoder(batch.text_vec[i : i + 1, : int((batch.text_vec[i] != agent.NULL_IDX).sum())])
             alone = model.decode_forced(enc_i, y)[0]
             torch.testing.assert_close(both[i, : y.size(1)], alone[0], rtol=1e-4, atol=1e-5)
-        assert int(model.decoder.layers[0].ffn.last_load.sum()) == 5
+        assert int(load().sum()) == 2 + 5  # both forwards counted until taken

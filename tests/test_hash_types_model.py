@@ -113,11 +113,12 @@ def test_oracle_refuses_to_generate(tmp_path, baseline):
 def test_oracle_routes_on_the_label_under_teacher_forcing(tmp_path, baseline):
     agent = hash_agent(tmp_path, baseline, 'oracle', skip_generation=True)
     ys = torch.tensor([[5, 6, 7, 8]])
+    ffn = agent.model.decoder.layers[0].ffn
+    ffn.take_load()
     with torch.no_grad():
         agent.model.decode_forced(encode(agent, ['1 2']), ys)
-    ffn = agent.model.decoder.layers[0].ffn
     expected = torch.bincount(ffn.router.table[0][ys[0]], minlength=4)
-    assert torch.equal(ffn.last_load, expected)
+    assert torch.equal(ffn.take_load(), expected)
 
 
 @pytest.mark.parametrize('hash_type, option', [

@@ -139,6 +139,26 @@ def test_hash_layers_sharing_a_top_k_table_share_one_plan():
     assert len(ctx.plans) == 1
 
 
+def test_load_counts_every_choice_of_real_tokens_on_every_forward_until_taken():
+    from parlai_hash.layers import take_loads
+    torch.manual_seed(2)
+    ffn = hash_layer(2, 'uniform')
+    assert ffn.load.dtype == torch.long and ffn.load.shape == (K,)
+    assert 'load' not in ffn.state_dict()  # a statistic of the run: not in checkpoints
+    expected, real_tokens = torch.zeros(K, dtype=torch.long), 0
+    for seed in (4, 5):
+        tokens, x, _ = batch(seed)
+        ffn.routing = RoutingContext.full(tokens, PAD)
+        with torch.no_grad():
+            ffn(x)
+        real = ffn.router.table[0][tokens][tokens != PAD]  # [real tokens, k]
+        expected += torch.bincount(real.flatten(), minlength=K)
+        real_tokens += int((tokens != PAD).sum())
+    (name, load), = take_loads({'dec0': ffn}).items()  # both forwards, then start again
+    assert name == 'dec0' and torch.equal(load, expected) and int(load.sum()) == 2 * real_tokens
+    assert torch.equal(ffn.take_load(), torch.zeros(K, dtype=torch.long))
+
+
 # ---------------------------------------------------------- Switch top-k
 
 

@@ -21,7 +21,7 @@ from parlai_hash.agents.checkpoint_fit import check_checkpoint_fits
 from parlai_hash.agents.option_checks import check_training_options
 from parlai_hash.errors import OptionError, install_excepthook
 from parlai_hash.freezing import FREEZE_MODES, apply_freeze
-from parlai_hash.layers import SparseTransformerModel
+from parlai_hash.layers import SparseTransformerModel, take_loads
 from parlai_hash.metrics import load_metrics
 from parlai_hash.options import SparseConfig, n_decoder_layers
 from parlai_hash.parallel.agent import ExpertParallelAgentMixin
@@ -201,18 +201,17 @@ class SparseGeneratorAgent(ExpertParallelAgentMixin, TransformerGeneratorAgent):
         return self._bare_model().sparse_ffns()
 
     def compute_loss(self, batch, return_output=False):
+        layers = self._sparse_ffns()
+        # The loads report this batch's teacher-forced tokens: drop what earlier
+        # forwards counted (generation, recomputed activation checkpoints).
+        for ffn in layers.values():
+            ffn.take_load()
         out = super().compute_loss(batch, return_output=return_output)
         loss, output = out if return_output else (out, None)
         aux_total = None
-        layers = self._sparse_ffns()
-        # Every layer's load in one device-to-host copy (one sync, not two per layer).
-        on_device = {name: load for name, ffn in layers.items() if (load := ffn.load_on_device()) is not None}
-        if on_device:
-            fetched = torch.stack(list(on_device.values())).cpu()
-            for (name, _), load in zip(on_device.items(), fetched):
-                layers[name].set_last_load(load)
-                for key, metric in load_metrics(name, load).items():
-                    self.global_metrics.add(key, metric)
+        for name, load in take_loads(layers).items():  # one device-to-host copy for all layers
+            for key, metric in load_metrics(name, load).items():
+                self.global_metrics.add(key, metric)
         for name, ffn in layers.items():
             route = ffn.last_route
             if route is None:

@@ -2,8 +2,9 @@
 
 Runs the model over a split in evaluation mode with teacher forcing (no
 generation, so ``oracle`` models work too) and sums, for every sparse layer,
-the token counts per expert that the layer records at each forward
-(``SparseFFN.last_load``: real tokens only, every hash of a MultiHash). Works
+the token counts per expert that the layers record (``SparseFFN.load``, taken
+after every forward of the model: real tokens only, every hash of a
+MultiHash). Works
 for hash, Switch and BASE models alike. Used by ``parlai expert_load`` and by
 the sweeps' ``expert_load`` figures (the paper's Figure 4).
 """
@@ -78,7 +79,7 @@ def measure_expert_load(opt: Any, max_examples: int = -1) -> ExpertLoad:
     from parlai.core.agents import create_agent
     from parlai.core.worlds import create_task
 
-    from parlai_hash.layers import SparseFFN
+    from parlai_hash.layers import SparseFFN, take_loads
 
     model_file = opt.get('model_file')
     if not model_file or not Path(model_file).exists():
@@ -93,12 +94,14 @@ def measure_expert_load(opt: Any, max_examples: int = -1) -> ExpertLoad:
                           "pass a hash_generator, switch_generator or base_generator model")
     totals: Dict[str, List[int]] = {name: [0] * ffn.num_experts for name, ffn in ffns.items()}
 
-    def add_load(module: SparseFFN, inputs: Sequence[Any], output: Any) -> None:
-        if module.last_load is not None:
-            for i, c in enumerate(module.last_load.tolist()):
-                totals[module.name][i] += int(c)
+    def add_loads(module: Any, inputs: Sequence[Any], output: Any) -> None:
+        # After each whole forward, before the agent's own metrics take the counts.
+        for name, load in take_loads(ffns).items():
+            for i, c in enumerate(load.tolist()):
+                totals[name][i] += int(c)
 
-    hooks = [ffn.register_forward_hook(add_load) for ffn in ffns.values()]
+    take_loads(ffns)  # nothing counted before the first batch belongs to the measurement
+    hooks = [model.register_forward_hook(add_loads)]
     try:
         world = create_task(opt, agent)
         seen, limit = 0, max_examples if max_examples and max_examples > 0 else float('inf')
