@@ -68,10 +68,11 @@ import torch.nn as nn
 
 from benchmarks.malloc import MALLOC_ENV, maybe_reexec
 from benchmarks.model import median_ci
-from parlai_hash.dispatch import DispatchPlan, ExpertFFN
+from parlai_hash.dispatch import DispatchPlan
+from parlai_hash.experts import ExpertFFN
 from parlai_hash.layers import SparseFFN
 from parlai_hash.options import SparseConfig
-from parlai_hash.routing import BaseRouter, HashRouter, RoutingContext, SwitchRouter
+from parlai_hash.routing import BalancedAssignmentRouter, HashRouter, RoutingContext, SwitchRouter
 from parlai_hash.routing.hash_functions import HASH_TYPES, TableInputs
 
 D_MODEL = 512
@@ -205,7 +206,7 @@ def learned_ffn(kind: str, moe: ExpertFFN, num_tokens: int) -> SparseFFN:
     """A training-mode SparseFFN whose experts are ``moe`` (shared weights)."""
     K = moe.num_experts
     router = (SwitchRouter(D_MODEL, K, VOCAB, capacity_factor=CAPACITY[kind]) if kind in CAPACITY
-              else BaseRouter(D_MODEL, K))
+              else BalancedAssignmentRouter(D_MODEL, K))
     ffn = SparseFFN(SparseConfig(K), kind, router, D_MODEL, D_HIDDEN)
     ffn.experts = moe
     ffn.routing = RoutingContext.full(torch.ones(1, num_tokens, dtype=torch.long), pad_idx=0)

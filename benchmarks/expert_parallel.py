@@ -31,7 +31,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from benchmarks.dispatch import rel_err
-from parlai_hash.dispatch import DispatchPlan, ExpertFFN
+from parlai_hash.dispatch import DispatchPlan
+from parlai_hash.experts import ExpertFFN
 from parlai_hash.parallel.exchange import Exchange
 from parlai_hash.parallel.sharded_experts import ShardedExpertFFN, expert_block
 from parlai_hash.routing import RoutingContext, SwitchRouter

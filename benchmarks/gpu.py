@@ -34,7 +34,8 @@ import torch
 import torch.nn as nn
 
 from benchmarks.dispatch import rel_err, zipf_probs
-from parlai_hash.dispatch import DispatchPlan, ExpertFFN
+from parlai_hash.dispatch import DispatchPlan
+from parlai_hash.experts import ExpertFFN
 from parlai_hash.grouped_gemm import grouped_mm_available, has_fast_grouped_mm
 from parlai_hash.routing.hash_functions import HASH_TYPES, TableInputs
 

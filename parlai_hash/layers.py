@@ -23,7 +23,8 @@ from parlai.agents.transformer.modules import (
 from parlai.nn.checkpoint import checkpoint_wrapper
 from parlai.utils.fsdp import fsdp_wrap
 
-from parlai_hash.dispatch import DispatchPlan, ExpertFFN, MultiHashExpertFFN
+from parlai_hash.dispatch import DispatchPlan
+from parlai_hash.experts import ExpertFFN, MultiHashExpertFFN
 from parlai_hash.options import SparseConfig, check_multihash
 from parlai_hash.routing import Route, RoutingContext
 from parlai_hash.shared_experts import SharedExperts

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from parlai_hash.dispatch import activation_function, init_expert_weights
+from parlai_hash.experts import activation_function, init_expert_weights
 
 
 class SharedExperts(nn.Module):

@@ -15,7 +15,8 @@ import torch
 
 from parlai_hash.options import SparseConfig
 from parlai_hash.layers import SparseFFN
-from parlai_hash.routing import BaseRouter, HashRouter, RoutingContext, SwitchRouter, TableInputs
+from parlai_hash.routing import (BalancedAssignmentRouter, HashRouter, RoutingContext, SwitchRouter,
+                                 TableInputs)
 from parlai_hash.routing.hash_router import make_hash_function
 
 D, H, K, V, PAD = 8, 16, 4, 30, 0
@@ -55,7 +56,7 @@ def build(name: str) -> SparseFFN:
     if name == 'token_switch':
         return SparseFFN(SparseConfig(K), 'dec0', SwitchRouter(D, K, V, source='token', capacity_factor=1.0), D, H)
     if name in ('base_train', 'base_eval'):
-        return SparseFFN(SparseConfig(K), 'dec0', BaseRouter(D, K), D, H)
+        return SparseFFN(SparseConfig(K), 'dec0', BalancedAssignmentRouter(D, K), D, H)
     raise KeyError(name)
 
 

@@ -13,8 +13,8 @@ from parlai_hash.errors import OptionError
 from parlai_hash.options import SparseConfig
 from parlai_hash.layers import SparseFFN
 from parlai_hash.metrics import expert_load
-from parlai_hash.routing import (BaseRouter, RoutingContext, SwitchRouter, balanced_assignment,
-                                 load_balancing_loss)
+from parlai_hash.routing import (BalancedAssignmentRouter, RoutingContext, SwitchRouter,
+                                 balanced_assignment, load_balancing_loss)
 from parlai_hash.routing.assignment import expert_capacities
 from parlai_hash.routing.route import capacity_keep
 
@@ -99,9 +99,9 @@ def test_switch_output_is_the_gate_times_the_routed_expert_and_trains_the_router
 
 
 def test_base_output_is_the_sigmoid_affinity_times_the_routed_expert():
-    """BaseRouter's docstring: the layer computes σ(h·c_e)·expert_e(h) (plus the residual)."""
+    """The BASE router's docstring: the layer computes σ(h·c_e)·expert_e(h) (plus the residual)."""
     torch.manual_seed(12)
-    router = BaseRouter(D, K)
+    router = BalancedAssignmentRouter(D, K)
     ffn = SparseFFN(SparseConfig(K), 'dec0', router, D, 16, activation='relu')
     tokens, x = capacity_batch(12)
     real = tokens != 0
@@ -222,7 +222,7 @@ def test_auction_is_exactly_balanced_and_near_optimal(T, k):
 
 def test_base_router_balances_in_training_and_is_greedy_in_eval():
     torch.manual_seed(3)
-    router = BaseRouter(D, 4)
+    router = BalancedAssignmentRouter(D, 4)
     tokens = torch.randint(1, V, (2, 9))
     tokens[1, 7:] = 0  # padding is not assigned
     hidden = torch.randn(2, 9, D)

@@ -4,7 +4,9 @@ import torch
 import torch.nn as nn
 from parlai.agents.transformer.modules import TransformerFFN
 
-from parlai_hash.dispatch import DispatchPlan, ExpertFFN, grouped_linear
+from parlai_hash.dispatch import DispatchPlan
+from parlai_hash.experts import ExpertFFN
+from parlai_hash.grouped_gemm import grouped_linear
 
 
 def _dense_like(moe: ExpertFFN, activation='relu', relu_dropout=0.0) -> TransformerFFN:

@@ -8,7 +8,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn as nn
 
-from parlai_hash.dispatch import DispatchPlan, ExpertFFN
+from parlai_hash.dispatch import DispatchPlan
+from parlai_hash.experts import ExpertFFN
 from parlai_hash.parallel.sharded_experts import ShardedExpertFFN, expert_block, gather_blocks
 from parlai_hash.routing import HashRouter, RoutingContext, SwitchRouter
 

@@ -36,6 +36,15 @@ def test_parlai_loader_resolves_short_name():
     assert out == 'HashGeneratorAgent'
 
 
+def test_parlai_loader_resolves_base_generator_to_the_base_layers_agent():
+    out = run_python(
+        "from parlai.core.loader import load_agent_module;"
+        "print(load_agent_module('base_generator').__name__,"
+        " load_agent_module('mixed_generator').__name__)"
+    )
+    assert out == 'BaseLayersGeneratorAgent MixedGeneratorAgent'
+
+
 def test_unrelated_parlai_names_are_untouched():
     out = run_python(
         "import importlib.util; print(importlib.util.find_spec('parlai.agents.nonexistent_xyz'))"

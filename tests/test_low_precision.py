@@ -10,7 +10,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from parlai_hash.dispatch import DispatchPlan, ExpertFFN
+from parlai_hash.dispatch import DispatchPlan
+from parlai_hash.experts import ExpertFFN
 from parlai_hash.grouped_gemm import choose_backend, grouped_linear
 
 from conftest import TINY_MODEL_ARGS as TINY

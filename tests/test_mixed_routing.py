@@ -6,7 +6,7 @@ from parlai.core.params import ParlaiParser
 
 from parlai_hash.agents.mixed_generator.mixed_generator import parse_layer_routing
 from parlai_hash.errors import OptionError
-from parlai_hash.routing import BaseRouter, HashRouter, SwitchRouter
+from parlai_hash.routing import BalancedAssignmentRouter, HashRouter, SwitchRouter
 
 TASK = 'integration_tests:nocandidate'
 
@@ -48,7 +48,7 @@ def test_each_layer_gets_its_router(tmp_path, dict_file):
     ffns = agent.model.sparse_ffns()
     assert sorted(ffns) == ['dec0', 'dec1', 'dec3'] and agent.opt['hash_layers'] == '0,1,3'
     assert isinstance(ffns['dec0'].router, HashRouter)
-    assert isinstance(ffns['dec1'].router, BaseRouter)
+    assert isinstance(ffns['dec1'].router, BalancedAssignmentRouter)
     assert isinstance(ffns['dec3'].router, SwitchRouter)
 
 

@@ -6,7 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from parlai_hash.dispatch import DispatchPlan, ExpertFFN
+from parlai_hash.dispatch import DispatchPlan
+from parlai_hash.experts import ExpertFFN
 from parlai_hash.errors import OptionError
 from parlai_hash.grouped_gemm import grouped_mm_available
 from parlai_hash.options import SparseConfig

@@ -13,18 +13,16 @@ numbers of batches or decoding steps.
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Union
+from typing import Dict, List, Optional
 
 import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-from parlai_hash.dispatch import DispatchPlan, ExpertFFN, MultiHashExpertFFN, combine_rows
+from parlai_hash.dispatch import DispatchPlan, combine_rows
+from parlai_hash.experts import ExpertFFN, Experts, MultiHashExpertFFN
 from parlai_hash.grouped_gemm import grouped_linear
 from parlai_hash.parallel.exchange import Exchange, experts_per_rank
-
-#: Either kind of local expert module (a sparse layer's ``experts``).
-Experts = Union[ExpertFFN, MultiHashExpertFFN]
 
 
 def expert_block(full: torch.Tensor, rank: int, world_size: int) -> torch.Tensor:

@@ -2,8 +2,9 @@
 
 Hash routing (``HashRouter`` with the ``HASH_TYPES`` registry and its
 ``--hash-gates``), the learned Switch / Token Switch router and BASE layers'
-balanced assignment live here. Every router returns a ``Route`` (k experts
-per token); moving tokens to experts is ``parlai_hash.dispatch``'s job.
+balanced assignment (``BalancedAssignmentRouter``) live here. Every router
+returns a ``Route`` (k experts per token); sorting tokens by expert is
+``parlai_hash.dispatch``'s job, running the experts ``parlai_hash.experts``'.
 """
 
 from parlai_hash.routing.context import RoutingContext
@@ -16,7 +17,7 @@ from parlai_hash.routing.hash_functions import (
 from parlai_hash.routing.hash_gates import HASH_GATES, LearnedHashGate
 from parlai_hash.routing.hash_router import HashRouter, hash_function_class, make_hash_function
 from parlai_hash.routing.assignment import balanced_assignment
-from parlai_hash.routing.base_router import BaseRouter
+from parlai_hash.routing.balanced_assignment_router import BalancedAssignmentRouter
 from parlai_hash.routing.route import Route
 from parlai_hash.routing.switch_router import SwitchRouter, load_balancing_loss
 
@@ -32,7 +33,7 @@ __all__ = [
     'HashRouter',
     'make_hash_function',
     'balanced_assignment',
-    'BaseRouter',
+    'BalancedAssignmentRouter',
     'Route',
     'SwitchRouter',
     'load_balancing_loss',

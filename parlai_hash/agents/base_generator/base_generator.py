@@ -1,4 +1,4 @@
-"""``-m base_generator``: BASE layers (balanced assignment) baseline."""
+"""``-m base_generator``: the BASE layers baseline (Balanced Assignment of Sparse Experts)."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ from parlai.core.params import ParlaiParser
 
 from parlai_hash.agents.sparse_agent import SparseGeneratorAgent
 from parlai_hash.errors import OptionError
-from parlai_hash.routing import BaseRouter
+from parlai_hash.routing import BalancedAssignmentRouter
 
 
-class BaseGeneratorAgent(SparseGeneratorAgent):
+class BaseLayersGeneratorAgent(SparseGeneratorAgent):
     """BASE layers (Lewis et al., 2021) on the same experts and dispatch as hash."""
 
     @classmethod
@@ -39,4 +39,10 @@ class BaseGeneratorAgent(SparseGeneratorAgent):
         eps = self.opt['base_auction_eps']
         if not eps > 0:
             raise OptionError('--base-auction-eps', f"got {eps}", "pass a small positive value such as 0.01")
-        return BaseRouter(self.opt['embedding_size'], self.sparse_config.num_experts, auction_eps=eps)
+        return BalancedAssignmentRouter(self.opt['embedding_size'], self.sparse_config.num_experts,
+                                        auction_eps=eps)
+
+
+#: ParlAI's loader finds ``-m base_generator`` (and models saved with it) as this
+#: module's ``BaseGeneratorAgent``: the class name it derives from the agent name.
+BaseGeneratorAgent = BaseLayersGeneratorAgent

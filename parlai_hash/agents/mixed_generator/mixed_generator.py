@@ -15,14 +15,14 @@ import torch.nn as nn
 from parlai.core.opt import Opt
 from parlai.core.params import ParlaiParser
 
-from parlai_hash.agents.base_generator.base_generator import BaseGeneratorAgent
+from parlai_hash.agents.base_generator.base_generator import BaseLayersGeneratorAgent
 from parlai_hash.agents.hash_generator.hash_generator import HashGeneratorAgent
 from parlai_hash.agents.switch_generator.switch_generator import SwitchGeneratorAgent
 from parlai_hash.errors import OptionError
 from parlai_hash.options import n_decoder_layers, parse_layer_list
 
 #: Router kind -> the agent whose ``build_router`` makes it.
-ROUTER_AGENTS = {'hash': HashGeneratorAgent, 'switch': SwitchGeneratorAgent, 'base': BaseGeneratorAgent}
+ROUTER_AGENTS = {'hash': HashGeneratorAgent, 'switch': SwitchGeneratorAgent, 'base': BaseLayersGeneratorAgent}
 
 
 def parse_layer_routing(spec: str, n_layers: int) -> Dict[int, str]:
@@ -45,7 +45,7 @@ def parse_layer_routing(spec: str, n_layers: int) -> Dict[int, str]:
     return routing
 
 
-class MixedGeneratorAgent(HashGeneratorAgent, SwitchGeneratorAgent, BaseGeneratorAgent):
+class MixedGeneratorAgent(HashGeneratorAgent, SwitchGeneratorAgent, BaseLayersGeneratorAgent):
     """Sparse decoder layers routed by hash, Switch or BASE, each as ``--layer-routing`` says."""
 
     @classmethod

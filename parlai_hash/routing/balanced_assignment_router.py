@@ -1,4 +1,5 @@
-"""BASE layers (Lewis et al., 2021): balanced assignment in training, greedy at inference."""
+"""BASE layers (Lewis et al., 2021, "Balanced Assignment of Sparse Experts"):
+balanced assignment in training, greedy at inference."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from parlai_hash.routing.context import RoutingContext
 from parlai_hash.routing.route import Route
 
 
-class BaseRouter(nn.Module):
+class BalancedAssignmentRouter(nn.Module):
     """Each expert has a learned centroid c_e; affinity = h · c_e.
 
     Training: the batch's real tokens are assigned by a balanced linear
