@@ -49,8 +49,8 @@ def _empty_like(full: Experts, num_experts: int) -> Experts:
 class ShardedExperts:
     """What both sharded kinds add to the local module they extend.
 
-    ``num_experts`` stays the layer's K (plans route over all of them);
-    the parameters hold ``local_experts`` = K/W of them, from ``first_expert``.
+    ``num_experts`` stays the layer's K (plans route over all of them); the
+    parameters hold ``local_experts`` = K/W of them, from expert ``rank·K/W``.
     """
 
     num_experts: int
@@ -67,7 +67,6 @@ class ShardedExperts:
         self.set_gemm(full.gemm)  # type: ignore[attr-defined]
         self.local_experts = self.num_experts
         self.num_experts = full.num_experts
-        self.first_expert = rank * self.local_experts
         self.rank, self.world, self.group = rank, world, group
         # Not a submodule: the gathered copy is not saved, trained or seen by DDP.
         self.__dict__['_gathered'] = None
