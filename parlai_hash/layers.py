@@ -36,7 +36,12 @@ RouterFactory = Callable[[str], nn.Module]
 class SparseFFN(nn.Module):
     """Drop-in for ``TransformerFFN``: routes each token to k of K experts (k = 1:
     one expert; MultiHash: one expert per segment), plus any always-on shared
-    experts (``--shared-experts``), whose output is added."""
+    experts (``--shared-experts``), whose output is added.
+
+    ``dim_hidden`` is the layer's FFN size (``--ffn-size``): the routed experts'
+    hidden size unless ``config.expert_ffn_size`` sets theirs, and the shared
+    experts' unless ``config.shared_expert_size`` does.
+    """
 
     def __init__(
         self,
@@ -55,12 +60,13 @@ class SparseFFN(nn.Module):
         self.num_hashes = config.num_hashes
         self.experts_per_token = config.experts_per_token
         self.router = router
+        expert_hidden = config.expert_hidden(dim_hidden)
         if config.num_hashes == 1:
-            self.experts = ExpertFFN(config.num_experts, dim, dim_hidden, relu_dropout, activation)
+            self.experts = ExpertFFN(config.num_experts, dim, expert_hidden, relu_dropout, activation)
         else:
-            check_multihash(config.num_hashes, dim, dim_hidden)
+            check_multihash(config.num_hashes, dim, expert_hidden, config.expert_hidden_option)
             self.experts = MultiHashExpertFFN(
-                config.num_hashes, config.num_experts, dim, dim_hidden, relu_dropout, activation
+                config.num_hashes, config.num_experts, dim, expert_hidden, relu_dropout, activation
             )
         self.experts.set_gemm(config.expert_gemm)
         self.shared: Optional[SharedExperts] = None
@@ -153,7 +159,11 @@ def take_loads(layers: Mapping[str, SparseFFN]) -> Dict[str, torch.Tensor]:
 
 
 def sparse_ffn_builder(name: str, config: SparseConfig, router_factory: RouterFactory):
-    """A ``feedforward=`` swappable constructor for one sparse layer."""
+    """A ``feedforward=`` swappable constructor for one sparse layer.
+
+    ParlAI hands it the dense FFN's sizes (``--ffn-size``); the routed experts
+    take ``config.expert_ffn_size`` instead where it is set (``SparseFFN``).
+    """
 
     def build(opt, dim=None, dim_hidden=None, relu_dropout=0.0, activation='relu', **kw):
         return SparseFFN(

@@ -44,10 +44,13 @@ def parse_layer_list(option: str, value: Any, n_layers: int) -> Tuple[int, ...]:
     return tuple(sorted(items))
 
 
-def check_multihash(num_hashes: int, embedding_size: int, ffn_size: int) -> None:
+def check_multihash(num_hashes: int, embedding_size: int, ffn_size: int,
+                    hidden_option: str = '--ffn-size') -> None:
     """MultiHash splits each token's vector into ``num_hashes`` equal slices, on
-    both sides of the expert FFN, so it must divide both sizes."""
-    sizes = (('--embedding-size', embedding_size), ('--ffn-size', ffn_size))
+    both sides of the expert FFN, so it must divide both sizes. ``ffn_size`` is
+    the routed experts' hidden size, set by ``hidden_option`` (``--ffn-size``, or
+    ``--expert-ffn-size`` when that sizes the experts)."""
+    sizes = (('--embedding-size', embedding_size), (hidden_option, ffn_size))
     for what, size in sizes:
         if size % num_hashes:
             both = ' and '.join(f'{flag} {value}' for flag, value in sizes)
@@ -130,6 +133,19 @@ def check_shared_experts(count: Any, size: Any) -> None:
                           "pass e.g. --shared-expert-size 512, or leave it out to use --ffn-size")
 
 
+def check_expert_ffn_size(size: Any) -> Optional[int]:
+    """``--expert-ffn-size``: the routed experts' hidden size; unset or 0 means ``--ffn-size``.
+
+    Returns the size, or None for the default.
+    """
+    if size is None or size == 0:
+        return None
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        raise OptionError('--expert-ffn-size', f"got {size!r}, need a positive hidden size",
+                          "pass e.g. --expert-ffn-size 128, or 0 (or leave it out) to use --ffn-size")
+    return size
+
+
 @dataclass(frozen=True)
 class SparseConfig:
     """What every sparse layer of a model is, decided once from ``opt`` when the model is built.
@@ -146,6 +162,19 @@ class SparseConfig:
     shared_experts: int = 0  # always-on FFNs added to the routed output
     shared_expert_size: Optional[int] = None  # hidden size of each; None: the layer's --ffn-size
     expert_gemm: str = 'auto'
+    #: Hidden size of each routed expert; None: the layer's --ffn-size. Its own
+    #: option so that top-k layers can match a dense FFN's compute (k·D' + D_s = D)
+    #: without shrinking the dense FFNs of the other layers.
+    expert_ffn_size: Optional[int] = None
+
+    def expert_hidden(self, ffn_size: int) -> int:
+        """Hidden size of each routed expert in a layer whose FFN size is ``ffn_size``."""
+        return self.expert_ffn_size or ffn_size
+
+    @property
+    def expert_hidden_option(self) -> str:
+        """The option that sets the routed experts' hidden size (for error messages)."""
+        return '--expert-ffn-size' if self.expert_ffn_size else '--ffn-size'
 
     @property
     def choices(self) -> int:
@@ -179,13 +208,15 @@ class SparseConfig:
             )
         # Before any router is built (hash tables may count the training data).
         num_hashes = opt.get('multihash') or 1
+        expert_ffn_size = check_expert_ffn_size(opt.get('expert_ffn_size'))
         if num_hashes > 1:
-            check_multihash(num_hashes, opt['embedding_size'], opt['ffn_size'])
+            check_multihash(num_hashes, opt['embedding_size'], expert_ffn_size or opt['ffn_size'],
+                            '--expert-ffn-size' if expert_ffn_size else '--ffn-size')
         experts_per_token = opt.get('experts_per_token', 1)
         check_experts_per_token(experts_per_token, num_experts, num_hashes)
         shared, shared_size = opt.get('shared_experts') or 0, opt.get('shared_expert_size')
         check_shared_experts(shared, shared_size)
         warn_if_expert_parallel_unused(opt)
         return cls(num_experts, decoder_layers, encoder_layers, experts_per_token, num_hashes, shared,
-                   shared_size, opt.get('expert_gemm') or 'auto')
+                   shared_size, opt.get('expert_gemm') or 'auto', expert_ffn_size)
 

@@ -1,8 +1,8 @@
 """Does a checkpoint fit the model these options build? One line naming the option if not.
 
 Without this, resuming or fine-tuning with other sparse options (``--num-experts``,
-``--hash-layers``, another agent or hash type) stops in torch's ``load_state_dict``
-with a list of size mismatches and missing keys.
+``--hash-layers``, ``--expert-ffn-size``, another agent or hash type) stops in
+torch's ``load_state_dict`` with a list of size mismatches and missing keys.
 """
 
 from __future__ import annotations
@@ -16,6 +16,10 @@ from parlai_hash.errors import OptionError
 
 _EXPERT_KEY = re.compile(r'^(encoder|decoder)\.layers\.(\d+)\.ffn\.experts\.')
 _EXPERT_W1 = re.compile(r'\.ffn\.experts\.expert_w1(\.\d+)?$')
+#: ``[K, D', ...]`` in every expert kind (MultiHash: each segment reads the whole hidden vector).
+_EXPERT_W2 = re.compile(r'\.ffn\.experts\.expert_w2(\.\d+)?$')
+#: ParlAI's dense FFN: ``lin1.weight`` is ``[--ffn-size, d]``.
+_DENSE_LIN1 = re.compile(r'^(encoder|decoder)\.layers\.\d+\.ffn\.lin1\.weight$')
 _LAYER_OPTION = {'decoder': '--hash-layers', 'encoder': '--hash-encoder-layers'}
 _FRESH = 'or use a fresh --model-file (and no --init-model)'
 
@@ -44,6 +48,24 @@ def _shared_shape(state: Mapping[str, torch.Tensor]) -> Tuple[int, int]:
     shapes = {tuple(v.shape) for k, v in state.items() if k.endswith('.ffn.shared.w1')}
     (count, _, size), = shapes or {(0, 0, 0)}
     return count, size
+
+
+def _hidden_sizes(state: Mapping[str, torch.Tensor], pattern: re.Pattern, dim: int) -> List[int]:
+    return sorted({int(v.shape[dim]) for k, v in state.items() if pattern.search(k)})
+
+
+def _check_ffn_sizes(state: Mapping[str, torch.Tensor], own: Mapping[str, torch.Tensor]) -> None:
+    """The dense FFNs' hidden size (``--ffn-size``), then the routed experts' (``--expert-ffn-size``)."""
+    theirs, ours = _hidden_sizes(state, _DENSE_LIN1, 0), _hidden_sizes(own, _DENSE_LIN1, 0)
+    if theirs and ours and theirs != ours:
+        raise OptionError('--ffn-size', f"the checkpoint's dense FFNs have {'/'.join(map(str, theirs))} hidden "
+                          f"units, these options {'/'.join(map(str, ours))}",
+                          f"pass --ffn-size {theirs[0]} as it was trained")
+    theirs, ours = _hidden_sizes(state, _EXPERT_W2, 1), _hidden_sizes(own, _EXPERT_W2, 1)
+    if theirs and ours and theirs != ours:
+        raise OptionError('--expert-ffn-size', f"the checkpoint's routed experts have "
+                          f"{'/'.join(map(str, theirs))} hidden units, these options {'/'.join(map(str, ours))}",
+                          f"pass --expert-ffn-size {theirs[0]} as it was trained")
 
 
 def _check_shared_experts(state: Mapping[str, torch.Tensor], own: Mapping[str, torch.Tensor]) -> None:
@@ -83,6 +105,7 @@ def check_checkpoint_fits(
             f"layer, these options {num_experts}",
             f"pass --num-experts {counts[0]} as it was trained, {_FRESH}",
         )
+    _check_ffn_sizes(state, own)
     _check_shared_experts(state, own)
     theirs_routing, ours_routing = _routing_state(state), _routing_state(own)
     if theirs_routing ^ ours_routing == {'router_bias'}:

@@ -102,6 +102,14 @@ class SparseGeneratorAgent(ExpertParallelAgentMixin, TransformerGeneratorAgent):
             help='Hidden size of each shared expert (default: --ffn-size).',
         )
         group.add_argument(
+            '--expert-ffn-size',
+            type=int,
+            default=None,
+            help='Hidden size of each routed expert (default, or 0: --ffn-size). Dense FFNs keep '
+            '--ffn-size: with top-k and shared experts, k x this + the shared sizes = --ffn-size '
+            'gives each token a dense FFN\'s compute.',
+        )
+        group.add_argument(
             '--freeze',
             type=str,
             default='none',
@@ -155,6 +163,8 @@ class SparseGeneratorAgent(ExpertParallelAgentMixin, TransformerGeneratorAgent):
             opt_from_disk['experts_per_token'] = 1
         if 'shared_experts' not in opt_from_disk:  # nor shared experts
             opt_from_disk['shared_experts'] = 0
+        if 'expert_ffn_size' not in opt_from_disk:  # and routed experts were --ffn-size wide
+            opt_from_disk['expert_ffn_size'] = None
         return opt_from_disk
 
     def build_router(self, name: str) -> nn.Module:

@@ -91,7 +91,8 @@ class HashGeneratorAgent(SparseGeneratorAgent):
             type=int,
             default=1,
             help='MultiHash: N hashes, each picking one of K copies of 1/N of the FFN '
-            '(N must divide --embedding-size and --ffn-size). 1 = plain hash layer.',
+            '(N must divide --embedding-size and the experts\' hidden size, --expert-ffn-size '
+            'or else --ffn-size). 1 = plain hash layer.',
         )
         group.add_argument(
             '--hash-predictor-model-file',
