@@ -1,6 +1,7 @@
 """sweeps/modern_hash.yaml: the paper's rows it repeats have Table 1's settings,
-the mixed stack routes the 5x16 layers (hash early, Switch late), and every
-point runs the dense baseline's compute per token."""
+the mixed stack routes the 5x16 layers (hash early, Switch late), the top-2
+points split the 1x64 layer into 2 routed experts of D/4 and a shared one of
+D/2, and every point runs the dense baseline's compute per token."""
 
 from pathlib import Path
 
@@ -63,6 +64,31 @@ def test_the_mixed_stack_routes_the_5x16_layers_hash_first(scale):
     assert mixed['num_experts'] == 16 and mixed.get('experts_per_token', 1) == 1
 
 
+TOP_2 = ('hash_top2_shared', 'switch_top2_shared')
+
+
+@pytest.mark.parametrize('scale', ['paper', 'local'])
+def test_the_top_2_points_split_the_1x64_layer_into_two_routed_quarters_and_a_shared_half(scale):
+    p = {name: point.options for name, point in points(scale).items()}
+    dense = p['baseline']['ffn_size']
+    for name, reference in zip(TOP_2, ('hash_1x64', 'switch_1x64')):
+        top2 = p[name]
+        assert top2['model'] == p[reference]['model'], name
+        assert str(top2['hash_layers']) == str(p[reference]['hash_layers']) == str(ONE[scale]), name
+        assert top2['experts_per_token'] == 2 and top2['shared_experts'] == 1, name
+        assert top2['expert_ffn_size'] == dense // 4 and top2['shared_expert_size'] == dense // 2, name
+        assert 2 * top2['expert_ffn_size'] + top2['shared_expert_size'] == dense == top2['ffn_size'], name
+        # 4x the experts of a quarter size: the routed hidden units of 1x64
+        assert top2['num_experts'] * top2['expert_ffn_size'] == p[reference]['num_experts'] * dense, name
+    assert p['hash_top2_shared']['hash_type'] == 'balanced' and p['hash_top2_shared']['hash_gates'] == 'learned'
+    assert p['switch_top2_shared']['load_balance_weight'] == p['switch_1x64']['load_balance_weight']
+    sweep = load_sweep(SWEEP)
+    compared = {(o['better'], o['worse']): o['paper'] for o in sweep.orderings}
+    for pair in (('hash_top2_shared', 'hash_1x64'), ('switch_top2_shared', 'switch_1x64')):
+        assert compared[pair].startswith('ours, not in the paper'), pair
+    assert set(TOP_2) <= set(sweep.figures[0]['points'])
+
+
 @pytest.mark.parametrize('scale', ['paper', 'local'])
 def test_every_point_runs_the_baselines_compute_per_token(scale):
     sweep = load_sweep(SWEEP)
@@ -76,6 +102,17 @@ def test_every_point_runs_the_baselines_compute_per_token(scale):
         router = n_switch * (experts * d + experts)  # a Switch router: K x d weights + K biases
         assert counts[name]['active_params'] == dense + router, name
         assert counts[name]['params'] > 3 * dense, name
+    # Top-2 + shared: 2 routed experts of D/4 and a shared one of D/2 are the
+    # dense FFN's weights and first biases; each adds its output bias (2d more
+    # than the dense FFN's one), and the learned gate K x d (Switch: + K).
+    for name, router_bias in (('hash_top2_shared', 0), ('switch_top2_shared', 1)):
+        experts = p[name].options['num_experts']
+        assert counts[name]['active_params'] == dense + 2 * d + experts * (d + router_bias), name
+        # total parameters about 1x64's: the same routed hidden units, 192·d more
+        # output biases, the shared expert and the gate
+        assert 1 < counts[name]['params'] / counts['hash_1x64']['params'] < 1.011, name
     if scale == 'paper':  # appendix B.1's exact counts
         assert counts['hash_1x64']['params'] == 751_159_296
         assert counts['switch_1x64']['params'] == 751_224_896
+        # the header's arithmetic: + 196,608 expert biases + 4,197,376 shared + the gate
+        assert counts['hash_top2_shared']['params'] == 751_159_296 + 196_608 + 4_197_376 + 256 * 1024
