@@ -81,6 +81,15 @@ def test_generated_parts_come_from_the_records(tmp_path):
     assert '| `num_experts` | 16 | 16 |' in text  # Table 4 is 1x16 at both scales
     assert '| `load_balance_weight` |' not in text  # a hash card lists no Switch option
     assert update_cards(cards / 'cards.yaml', check=True) == []
+    # A second seed turns the cells into mean ± 95% interval and names the seeds.
+    write_record(tmp_path / 'results' / 'records' / 'hash_balanced@seed1.json',
+                 {**common, 'seed': 6, 'params': 2_500_000, 'valid': {'ppl': 331.987}, 'test': {'ppl': 310.5}})
+    assert update_cards(cards / 'cards.yaml') == [cards / 'hash_layer.md']
+    text = (cards / 'hash_layer.md').read_text()
+    assert '123 steps, seeds 5, 6, mean ± half-width of a 95% Student t interval' in text
+    # mean 326.987, sd 7.071, t(0.975, 1) = 12.706: half-width 63.53
+    assert '| **Hash Layer** | layers=4, modules=1x16 balanced | 2.5M | 326.99 ± 63.53 | 305.50 ± 63.53 |' in text
+    assert '| Baseline Transformer | layers=4, d=128, D=128 | 1M | 400.00 | 390.00 |' in text
 
 
 def test_a_card_without_a_generated_block_is_an_error():

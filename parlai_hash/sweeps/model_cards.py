@@ -32,7 +32,8 @@ from parlai_hash.metrics import expert_load as load_summary
 from parlai_hash.sweeps.errors import SweepError
 from parlai_hash.sweeps.records import read_record
 from parlai_hash.sweeps.report import human_count, to_markdown
-from parlai_hash.sweeps.spec import Point, Sweep, format_value, load_sweep
+from parlai_hash.sweeps.spec import SEED_MARK, Point, Sweep, format_value, load_sweep
+from parlai_hash.sweeps.stats import mean_interval
 
 BLOCKS = ('details', 'usage', 'evaluation', 'expert_load', 'hyperparameters')
 _BLOCK = re.compile(r'(<!-- generated:(\w+) -->\n)(.*?)(<!-- /generated:\2 -->)', re.S)
@@ -74,6 +75,22 @@ def load_cards_config(path: Path) -> CardsConfig:
 
 def _result(config: CardsConfig, name: str) -> Optional[Dict[str, Any]]:
     return read_record(config.results / 'records' / f'{name}.json')
+
+
+def _seed_results(config: CardsConfig, name: str) -> Dict[int, Dict[str, Any]]:
+    """Every committed seed's record of a point (``records/NAME.json``, ``records/NAME@seedK.json``)."""
+    paths = [config.results / 'records' / f'{name}.json',
+             *sorted((config.results / 'records').glob(f'{name}{SEED_MARK}*.json'))]
+    records = [r for r in map(read_record, paths) if r is not None]
+    return {int(r.get('seed', 0)): r for r in records}
+
+
+def _seed_cell(records: Dict[int, Dict[str, Any]], split: str) -> str:
+    """``736.01 ± 90.64`` (mean ± half-width of a 95% t interval) over seeds; one seed: the value."""
+    interval = mean_interval([float(r[split]['ppl']) for r in records.values()])
+    if interval.n < 2:
+        return f'{interval.mean:.2f}'
+    return f'{interval.mean:.2f} ± {(interval.high - interval.low) / 2:.2f}'
 
 
 def _options_line(options: Dict[str, Any], keys: tuple) -> str:
@@ -146,23 +163,31 @@ def evaluation_block(config: CardsConfig, local: Point, points: Dict[str, Point]
     import pandas as pd
 
     rows = []
+    seeds: set = set()
     for name in [spec.point, *spec.compare]:
-        record = _result(config, name)
-        if record is None:
+        records = _seed_results(config, name)
+        if not records:
             continue
+        seeds |= set(records)
         label = f'**{points[name].model}**' if name == spec.point else points[name].model
         rows.append({'Model': label, 'Configuration': points[name].configuration,
-                     'Params': human_count(record['params']), 'Valid PPL': f"{record['valid']['ppl']:.2f}",
-                     'Test PPL': f"{record['test']['ppl']:.2f}"})
+                     'Params': human_count(next(iter(records.values()))['params']),
+                     'Valid PPL': _seed_cell(records, 'valid'), 'Test PPL': _seed_cell(records, 'test')})
     if not rows or _result(config, spec.point) is None:
         return (f'No committed result yet: run `python -m parlai_hash.sweeps run {config.sweep.where()} --local '
                 f'--points {spec.point}`.\n')
     record = _result(config, spec.point)
     results_dir = config.results.relative_to(config.sweep.root)
+    if len(seeds) > 1:
+        which = (f"seeds {', '.join(map(str, sorted(seeds)))}, mean ± half-width of a 95% Student t interval over "
+                 f"seeds")
+    else:
+        which = f"seed {record['seed']}"
     return (
-        f"Local twin on {record['options'].get('task')}, {record['train_steps']} steps, seed {record['seed']} "
+        f"Local twin on {record['options'].get('task')}, {record['train_steps']} steps, {which} "
         f"(from `{results_dir}`; ParlAI's `ppl` per dictionary token, on the carved splits — not comparable "
-        f"with published WikiText-103 numbers):\n\n{to_markdown(pd.DataFrame(rows))}\n"
+        f"with published WikiText-103 numbers; which differences are resolved: its README):\n\n"
+        f"{to_markdown(pd.DataFrame(rows))}\n"
         f"At paper scale: not run here (no GPU cluster); `python -m parlai_hash.sweeps run {config.sweep.where()} "
         f"--slurm` trains it.\n"
     )
