@@ -90,3 +90,21 @@ def free_port() -> int:
     from parlai.utils.distributed import find_free_port
 
     return find_free_port()
+
+
+def leave_process_group() -> None:
+    """Tear down a test worker's gloo group once every rank got here.
+
+    A rank that destroys its group and exits while another is still inside a
+    gloo call can abort that one ("terminate called without an active
+    exception", SIGABRT). The barrier is monitored: a rank that failed before
+    reaching it makes the others raise after a minute instead of hanging.
+    """
+    from datetime import timedelta
+
+    import torch.distributed as dist
+
+    try:
+        dist.monitored_barrier(timeout=timedelta(seconds=60))
+    finally:
+        dist.destroy_process_group()

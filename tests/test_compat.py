@@ -8,6 +8,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from conftest import leave_process_group
 
 from parlai_hash import compat
 from parlai_hash.errors import OptionError
@@ -94,7 +95,7 @@ def test_ddp_accepts_parlais_cpu_device_ids(tmp_path):
         wrapped = DDP(torch.nn.Linear(2, 2), device_ids=[-1], broadcast_buffers=False)
         assert wrapped.device_ids is None
     finally:
-        dist.destroy_process_group()
+        leave_process_group()
 
 
 def test_join_device_is_cpu_for_gpu_minus_one():

@@ -5,6 +5,7 @@ import os
 
 import pytest
 import torch
+from conftest import leave_process_group
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from parlai.core.agents import create_agent, create_agent_from_model_file
@@ -227,7 +228,7 @@ def ep_worker(rank, init, out_dir):
                     'grads': {n: p.grad for n, p in ffn.experts.named_parameters()}},
                    os.path.join(out_dir, f'rank{rank}.pt'))
     finally:
-        dist.destroy_process_group()
+        leave_process_group()
 
 
 def test_expert_parallel_shards_have_the_experts_size(tmp_path):

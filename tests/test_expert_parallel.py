@@ -4,6 +4,7 @@ import os
 
 import pytest
 import torch
+from conftest import leave_process_group
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn as nn
@@ -57,7 +58,7 @@ def worker(rank, world, init, out_dir, kind):
             'full_w1': full_w1,
         }, os.path.join(out_dir, f'rank{rank}.pt'))
     finally:
-        dist.destroy_process_group()
+        leave_process_group()
 
 
 def reference(kind, world):
@@ -161,7 +162,7 @@ def multihash_worker(rank, world, init, out_dir):
             'full': parallel.gather_experts(),
         }, os.path.join(out_dir, f'rank{rank}.pt'))
     finally:
-        dist.destroy_process_group()
+        leave_process_group()
 
 
 @pytest.mark.parametrize('world', [2, 4])

@@ -11,6 +11,7 @@ import os
 
 import pytest
 import torch
+from conftest import leave_process_group
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn as nn
@@ -66,7 +67,7 @@ def worker(rank, init, out_dir, impl, overflow):
         torch.save({'norm': float(norm), 'loss_scale': optimizer.scaler.loss_scale},
                    os.path.join(out_dir, f'rank{rank}.pt'))
     finally:
-        dist.destroy_process_group()
+        leave_process_group()
 
 
 @pytest.mark.parametrize('impl', ['safe', 'mem_efficient'])
@@ -115,7 +116,7 @@ def optimizer_state_worker(rank, init, out_dir, impl):
         torch.save({'full': {i: v['momentum_buffer'].float() for i, v in full['state'].items()},
                     'restored': restored}, os.path.join(out_dir, f'rank{rank}.pt'))
     finally:
-        dist.destroy_process_group()
+        leave_process_group()
 
 
 @pytest.mark.parametrize('impl', ['safe', 'mem_efficient'])

@@ -4,6 +4,7 @@ import os
 
 import pytest
 import torch
+from conftest import leave_process_group
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
@@ -58,7 +59,7 @@ def worker(rank, init, out_dir, kind):
         torch.save({'y': y, 'dx': dx, 'grads': {n: p.grad for n, p in ffn.named_parameters()}},
                    os.path.join(out_dir, f'rank{rank}.pt'))
     finally:
-        dist.destroy_process_group()
+        leave_process_group()
 
 
 @pytest.mark.parametrize('kind', ['hash', 'switch'])
