@@ -108,3 +108,13 @@ def leave_process_group() -> None:
         dist.monitored_barrier(timeout=timedelta(seconds=60))
     finally:
         dist.destroy_process_group()
+
+
+@pytest.fixture(scope='module')
+def dict_file(tmp_path_factory) -> str:
+    """A dictionary of ParlAI's offline ``integration_tests:nocandidate`` task, built once per module."""
+    from parlai.scripts.build_dict import BuildDict
+
+    path = str(tmp_path_factory.mktemp('dict') / 'model.dict')
+    BuildDict.main(task='integration_tests:nocandidate', dict_file=path)
+    return path

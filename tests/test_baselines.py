@@ -237,13 +237,6 @@ def test_base_router_balances_in_training_and_is_greedy_in_eval():
     torch.testing.assert_close(route.gates, torch.sigmoid(scores.max(-1, keepdim=True).values))
 
 
-@pytest.fixture(scope='module')
-def dict_file(tmp_path_factory):
-    from parlai.scripts.build_dict import BuildDict
-    path = str(tmp_path_factory.mktemp('dict') / 'model.dict')
-    BuildDict.main(task='integration_tests:nocandidate', dict_file=path)
-    return path
-
 
 @pytest.fixture
 def agent_for(tmp_path, dict_file):

@@ -37,13 +37,6 @@ AGENTS = {
 }
 
 
-@pytest.fixture(scope='module')
-def dict_file(tmp_path_factory):
-    from parlai.scripts.build_dict import BuildDict
-    path = str(tmp_path_factory.mktemp('dict') / 'model.dict')
-    BuildDict.main(task=TASK, dict_file=path)
-    return path
-
 
 def build(tmp_path, dict_file, model, *args):
     argv = ['-m', model, '-t', TASK, '-mf', str(tmp_path / model), '--dict-file', dict_file, *args]

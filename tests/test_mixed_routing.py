@@ -28,13 +28,6 @@ def test_bad_specs_name_the_option(spec, message):
     assert message in str(err.value) and '\n' not in str(err.value)
 
 
-@pytest.fixture(scope='module')
-def dict_file(tmp_path_factory):
-    from parlai.scripts.build_dict import BuildDict
-    path = str(tmp_path_factory.mktemp('dict') / 'model.dict')
-    BuildDict.main(task=TASK, dict_file=path)
-    return path
-
 
 def build(tmp_path, dict_file, *extra):
     args = ['-m', 'mixed_generator', '-t', TASK, '-mf', str(tmp_path / 'model'), '--dict-file', dict_file,

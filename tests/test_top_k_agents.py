@@ -132,13 +132,6 @@ def test_freeze_router_keeps_learned_hash_gates_fixed(tmp_path, trained):
 # ------------------------------------------------------------- errors
 
 
-@pytest.fixture(scope='module')
-def dict_file(tmp_path_factory):
-    from parlai.scripts.build_dict import BuildDict
-    path = str(tmp_path_factory.mktemp('dict') / 'model.dict')
-    BuildDict.main(task=TASK, dict_file=path)
-    return path
-
 
 def build_agent(tmp_path, dict_file, model, *extra):
     args = ['-m', model, '-t', TASK, '-mf', str(tmp_path / model), '--dict-file', dict_file,
