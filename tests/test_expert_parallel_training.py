@@ -5,7 +5,7 @@ import shutil
 import torch
 
 from conftest import run_parlai as parlai
-from test_baselines import _agent, batch_of, dict_file  # noqa: F401  (fixture)
+from test_baselines import _agent, batch_of
 
 TASK = ['-t', 'integration_tests:nocandidate']
 MODEL = ['-m', 'hash_generator', '--n-layers', '2', '--embedding-size', '16', '--ffn-size', '32',

@@ -15,7 +15,7 @@ from parlai_hash.experts import ExpertFFN
 from parlai_hash.grouped_gemm import choose_backend, grouped_linear
 
 from conftest import TINY_MODEL_ARGS as TINY
-from test_baselines import _agent, batch_of, dict_file  # noqa: F401  (fixture)
+from test_baselines import _agent, batch_of
 
 COUNTS = [5, 0, 7, 4]  # an empty expert; 3 dropped rows after the kept 16
 ROWS = sum(COUNTS) + 3
