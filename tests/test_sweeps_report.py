@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from parlai_hash.sweeps import plots
-from parlai_hash.sweeps.records import numeric_report, read_record, valid_curve, write_record
+from parlai_hash.sweeps.records import numeric_report, read_record, train_dropped, valid_curve, write_record
 from parlai_hash.sweeps.report import human_count, paper_table, records_frame, to_markdown, write_report
 from parlai_hash.sweeps.spec import Point
 
@@ -55,6 +55,14 @@ def test_valid_curve_reads_parlai_trainstats():
     stats = {'valid_reports': [{'train_steps': 100, 'ppl': 50.0}, {'train_steps': 200, 'ppl': 40.0},
                                {'ppl': 1.0}]}
     assert valid_curve(stats, 'ppl') == [{'train_steps': 100.0, 'ppl': 50.0}, {'train_steps': 200.0, 'ppl': 40.0}]
+
+
+def test_train_dropped_is_the_last_windows_mean_over_layers():
+    stats = {'train_reports': [{'dec1_dropped': 0.5, 'dec3_dropped': 0.5},
+                               {'dec1_dropped': 0.10, 'dec3_dropped': 0.30, 'dec1_load_max': 2.0, 'ppl': 9.0}]}
+    assert train_dropped(stats) == pytest.approx(0.20)
+    assert train_dropped({'train_reports': [{'ppl': 9.0, 'dec1_load_max': 1.5}]}) is None  # a hash layer
+    assert train_dropped({'valid_reports': []}) is None  # no training log window
 
 
 @pytest.mark.parametrize('n, text', [

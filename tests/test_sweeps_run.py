@@ -129,6 +129,7 @@ def test_records_hold_metrics_configuration_and_parameter_counts(ran):
         assert record['train']['ppl'] > 1 and 0 < record['train_eval_examples'] <= TRAIN_EVAL_EXAMPLES
         assert record['train']['ppl'] != pytest.approx(record['valid']['ppl'], rel=1e-6)
         assert 0 < record['epochs'] < 100
+        assert record['train_dropped'] is None  # neither has a capacity
     assert hashed['options']['num_experts'] == K and hashed['configuration'] == f'1x{K} random'
     assert hashed['command'].startswith('parlai train_model --model hash_generator')
     # K experts replace one dense FFN (d*D + D + D*d + d each); a hash has no router weights.

@@ -231,6 +231,20 @@ def test_regime_columns_show_train_fit_epochs_and_flattening(tmp_path):
     assert 'Train PPL' not in paper_table(records_frame([old], 'ppl'), 'ppl')
 
 
+def test_dropped_column_shows_capacity_loss_only_where_a_point_drops(tmp_path):
+    switch, hashed = point(tmp_path, 'switch'), point(tmp_path, 'hash')
+    for seed, dropped in {0: 0.10, 1: 0.14}.items():
+        folder = switch.run_dir if seed == 0 else switch.run_dir / f'seed{seed}'
+        write_record(folder / 'record.json', {'seed': seed, 'valid': {'ppl': 9.0}, 'test': {'ppl': 9.0},
+                                              'train_dropped': dropped})
+    write_record(hashed.run_dir / 'record.json', {'seed': 0, 'valid': {'ppl': 8.0}, 'test': {'ppl': 8.0},
+                                                  'train_dropped': None})
+    frame = records_frame([switch, hashed], 'ppl')
+    assert list(paper_table(frame, 'ppl')['Dropped in training']) == ['12.0%', '—']
+    assert 'Dropped in training:' in write_report(frame, 'ppl', tmp_path / 'out', 'demo', 'Demo')['md'].read_text()
+    assert 'Dropped in training' not in paper_table(records_frame([hashed], 'ppl'), 'ppl')
+
+
 def test_figures_average_seeds_with_their_interval(tmp_path):
     records = {s: {'valid': {'ppl': v}, 'valid_curve': [{'train_steps': 10, 'ppl': v + 5}, {'train_steps': 20, 'ppl': v}]}
                for s, v in {0: 10.0, 1: 12.0, 2: 14.0}.items()}

@@ -45,6 +45,22 @@ def valid_curve(trainstats: Mapping[str, Any], metric: str) -> List[Dict[str, fl
     return curve
 
 
+def train_dropped(trainstats: Mapping[str, Any]) -> Optional[float]:
+    """Share of routed rows over capacity in the run's last training log window.
+
+    Averaged over sparse layers (the ``<layer>_dropped`` metrics a router
+    with a capacity logs); None when no layer drops (hash, BASE, dense,
+    dropless Switch). Evaluation is dropless by default, so the record's
+    perplexities do not show what capacity cost in training; this does.
+    """
+    reports = trainstats.get('train_reports') or []
+    if not reports:
+        return None
+    shares = [float(v) for k, v in reports[-1].items()
+              if k.endswith('_dropped') and isinstance(v, (int, float)) and math.isfinite(v)]
+    return sum(shares) / len(shares) if shares else None
+
+
 def git_commit(folder: Path) -> Optional[str]:
     """The code version that ran (None outside a git checkout)."""
     try:

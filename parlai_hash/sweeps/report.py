@@ -113,6 +113,8 @@ def records_frame(points: Sequence[Point], metric: str) -> pd.DataFrame:
             # The regime: epochs over the training split, and how much valid still moved at the end.
             'epochs': _mean_of([r.get('epochs') for r in by_seed.values()]),
             'valid_late_change': _mean_of([late_change(r.get('valid_curve', []), metric) for r in by_seed.values()]),
+            # What capacity cost in training (evaluation is dropless): Switch points only.
+            'train_dropped': _mean_of([r.get('train_dropped') for r in by_seed.values()]),
         }
         # update keeps the mean columns in place and appends sd, n and bounds after today's columns.
         row.update(_summary(seed_values(by_seed, 'valid', metric), f'valid_{metric}'))
@@ -162,6 +164,9 @@ def paper_table(frame: pd.DataFrame, metric: str) -> pd.DataFrame:
         table['Epochs'] = frame['epochs'].map(lambda x: '—' if x is None or pd.isna(x) else f'{x:.2f}')
         table['Valid Δ last 1/5'] = frame['valid_late_change'].map(
             lambda x: '—' if x is None or pd.isna(x) else f'{100 * x:+.1f}%')
+    if frame['train_dropped'].notna().any():
+        table['Dropped in training'] = frame['train_dropped'].map(
+            lambda x: '—' if x is None or pd.isna(x) else f'{100 * x:.1f}%')
     if 'paper_row' in frame and frame['paper_row'].notna().any():
         # The numbers the paper prints for the row each point reproduces (at its scale).
         table['Paper row'] = frame['paper_row'].fillna('—')
@@ -186,6 +191,12 @@ REGIME_NOTE = ('Train {label}: the kept model on the first {examples} training e
                'the curve has flattened.')
 
 
+DROPPED_NOTE = ('Dropped in training: share of routed (token, expert) rows over their expert\'s capacity in the '
+                'last training log window, mean over sparse layers and seeds; a dropped row adds nothing (with one '
+                'expert per token, the token keeps only its residual). Evaluation runs without a capacity. '
+                '—: the point never drops.')
+
+
 def table_notes(frame: pd.DataFrame, metric: str) -> str:
     """The table's footer: how to read intervals and the regime columns ('' when neither is shown)."""
     notes = []
@@ -195,6 +206,8 @@ def table_notes(frame: pd.DataFrame, metric: str) -> str:
     if frame[f'train_{metric}'].notna().any():
         notes.append(REGIME_NOTE.format(label=metric_label(metric), examples=f'{TRAIN_EVAL_EXAMPLES:,}',
                                         flat=100 * FLAT_CHANGE))
+    if frame['train_dropped'].notna().any():
+        notes.append(DROPPED_NOTE)
     return '\n\n'.join(notes)
 
 

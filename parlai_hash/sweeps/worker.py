@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from parlai_hash.io_utils import atomic_write
-from parlai_hash.sweeps.records import TRAIN_EVAL_EXAMPLES, environment, git_commit, numeric_report, read_record, valid_curve, write_record
+from parlai_hash.sweeps.records import TRAIN_EVAL_EXAMPLES, environment, git_commit, numeric_report, read_record, train_dropped, valid_curve, write_record
 
 
 def write_point_file(path: Path, point: Dict[str, Any]) -> None:
@@ -246,7 +246,8 @@ def run_point_file(point_file: str) -> Optional[Dict[str, Any]]:
         return None
     valid_report, test_report = loop.final_reports
     train_report = train_split_report(loop)
-    trainstats = {'valid_reports': loop.valid_reports, 'train_steps': loop._train_steps}
+    trainstats = {'valid_reports': loop.valid_reports, 'train_reports': loop.train_reports,
+                  'train_steps': loop._train_steps}
     model = getattr(loop.agent.model, 'module', loop.agent.model)
     curve = valid_curve(trainstats, point['metric'])
     record = {
@@ -265,6 +266,7 @@ def run_point_file(point_file: str) -> Optional[Dict[str, Any]]:
         'epochs': round(float(getattr(loop, '_total_epochs', 0.0)), 3),
         'train_time_s': round(float(loop.train_time.time()), 1),
         'valid_curve': curve,
+        'train_dropped': train_dropped(trainstats),
         'best_valid_step': best_valid_step(curve, point['metric'], loop.agent.opt.get('validation_metric_mode', 'min')),
         'options': point['options'],
         'command': point['command'],
