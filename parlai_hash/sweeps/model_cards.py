@@ -40,8 +40,9 @@ _BLOCK = re.compile(r'(<!-- generated:(\w+) -->\n)(.*?)(<!-- /generated:\2 -->)'
 #: Options shown in the details list, by what they say about the model.
 _ARCHITECTURE = ('n_encoder_layers', 'n_decoder_layers', 'embedding_size', 'ffn_size', 'n_heads', 'variant',
                  'n_positions', 'learn_positional_embeddings')
-_ROUTING = ('num_experts', 'hash_layers', 'hash_type', 'multihash', 'hash_per_layer', 'load_balance_weight',
-            'router_bias', 'capacity_factor', 'switch_input', 'base_auction_eps')
+_ROUTING = ('num_experts', 'hash_layers', 'layer_routing', 'hash_type', 'multihash', 'hash_per_layer',
+            'experts_per_token', 'hash_gates', 'expert_ffn_size', 'shared_experts', 'shared_expert_size',
+            'load_balance_weight', 'router_bias', 'capacity_factor', 'switch_input', 'base_auction_eps')
 _DATA = ('task', 'wikitext_dir', 'wikitext_carve_from', 'wikitext_unit', 'wikitext_chunk_tokens', 'wikitext_context',
          'reddit_dump_dir', 'reddit_rules', 'dict_tokenizer', 'bpe_vocab')
 
@@ -52,6 +53,10 @@ class CardSpec:
     point: str
     compare: List[str] = field(default_factory=list)
     related_sweeps: List[str] = field(default_factory=list)
+    #: A model another sweep trains: its sweep file and committed results
+    #: (relative to the cards file) instead of the file's own.
+    sweep: Optional[str] = None
+    results: Optional[str] = None
 
 
 @dataclass
@@ -60,6 +65,14 @@ class CardsConfig:
     sweep: Sweep
     results: Path
     cards: List[CardSpec]
+
+    def for_card(self, spec: CardSpec) -> 'CardsConfig':
+        """The sweep and results the card's model comes from."""
+        if spec.sweep is None and spec.results is None:
+            return self
+        sweep = load_sweep(self.folder / spec.sweep) if spec.sweep else self.sweep
+        results = (self.folder / spec.results).resolve() if spec.results else self.results
+        return CardsConfig(self.folder, sweep, results, [spec])
 
 
 def load_cards_config(path: Path) -> CardsConfig:
@@ -70,7 +83,8 @@ def load_cards_config(path: Path) -> CardsConfig:
         return CardsConfig(folder, load_sweep(folder / data['sweep']), (folder / data['results']).resolve(), cards)
     except (KeyError, TypeError) as err:
         raise SweepError(str(path), f"is not a cards file ({err})",
-                         "give sweep:, results: and cards: [{file, point, compare, related_sweeps}]") from None
+                         "give sweep:, results: and cards: [{file, point, compare, related_sweeps, "
+                         "and sweep:, results: for a model of another sweep}]") from None
 
 
 def _result(config: CardsConfig, name: str) -> Optional[Dict[str, Any]]:
@@ -123,6 +137,9 @@ def _sparse_layers(point: Point) -> str:
 
     if point.options.get('model') == 'transformer/generator':
         return 'none (dense)'
+    if point.options.get('layer_routing'):  # "hash:1,2;switch:4" -> "1,2 (hash); 4 (switch)"
+        return '; '.join(f'{layers} ({router})' for router, layers in
+                         (part.split(':', 1) for part in str(point.options['layer_routing']).split(';')))
     layers = point.options.get('hash_layers')
     if layers is None:
         opt = {'n_layers': point.options.get('n_layers', 2), 'n_decoder_layers': point.options.get('n_decoder_layers')}
@@ -239,18 +256,18 @@ def update_cards(config_path: Path, check: bool = False) -> List[Path]:
     """Rewrite the generated blocks; return the cards that changed (or would)."""
     from parlai_hash.sweeps.sizing import count_point_parameters
 
-    config = load_cards_config(config_path)
+    cards_config = load_cards_config(config_path)
     env_free = dict(strict_env=False)
-    paper_points = {p.name: p for p in config.sweep.points('paper', **env_free)}
-    local_points = {p.name: p for p in config.sweep.points('local', **env_free)}
-    wanted = [paper_points[c.point] for c in config.cards]
-    paper_params = count_point_parameters(wanted, config.sweep.scale('paper').vocab_size)
-    images = config.folder / 'images'
+    images = cards_config.folder / 'images'
     changed = []
     with tempfile.TemporaryDirectory(prefix='cards-check-') as scratch:
-        for spec in config.cards:
+        for spec in cards_config.cards:
+            config = cards_config.for_card(spec)
+            paper_points = {p.name: p for p in config.sweep.points('paper', **env_free)}
+            local_points = {p.name: p for p in config.sweep.points('local', **env_free)}
             path = config.folder / spec.file
             paper, local = paper_points[spec.point], local_points[spec.point]
+            paper_params = count_point_parameters([paper], config.sweep.scale('paper').vocab_size)
             # --check draws the plot elsewhere: it must not touch the committed files.
             blocks = {
                 'details': details_block(config, paper, local, paper_params[spec.point]),
