@@ -64,6 +64,15 @@ def test_verdicts_follow_the_interval():
     assert one.verdict == ONE_SEED and one.difference == pytest.approx(2.0) and math.isnan(one.low)
 
 
+def test_points_with_different_seeds_are_compared_on_the_seeds_they_share():
+    # Seed 1 is 100 lower for every model: a mean over {0, 1} against seed 0 alone would say -33.
+    one = compare({0: 752.4}, {0: 769.2, 1: 638.1})
+    assert one.verdict == ONE_SEED and one.difference == pytest.approx(16.8) and one.method == 'one seed (0)'
+    some = compare({0: 10.0, 1: 20.0, 2: 30.0}, {0: 11.0, 1: 21.0, 3: -50.0})
+    assert some.method == 'paired t (seeds 0, 1)' and some.difference == pytest.approx(1.0)
+    assert some.verdict == HOLDS and some.low == some.high == pytest.approx(1.0)  # sd 0: the difference itself
+
+
 def test_paired_when_same_seeds_else_welch():
     better = {0: 10.0, 1: 20.0, 2: 30.0}
     worse = {0: 11.0, 1: 21.2, 2: 30.8}
@@ -113,7 +122,7 @@ def test_ordering_table_and_markdown(tmp_path):
                  {'better': 'good', 'worse': 'lone', 'paper': ''}]
     table = ordering_table(orderings, [good, bad, lone], 'ppl')
     assert list(table['Verdict']) == [HOLDS, REVERSED, ONE_SEED]
-    assert list(table['Test']) == ['paired t', 'paired t', 'one seed']
+    assert list(table['Test']) == ['paired t', 'paired t', 'one seed (0)']
     assert table.iloc[0]['Valid PPL worse − better'] == '+2.03'
     assert table.iloc[2]['95% interval'] == '—'
     frame = records_frame([good, bad, lone], 'ppl')

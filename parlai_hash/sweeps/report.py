@@ -238,8 +238,8 @@ def ordering_table(orderings: Sequence[Mapping[str, str]], points: Sequence[Poin
 
 
 ORDERING_NOTE = ('Verdict: holds when the 95% interval of worse − better lies above 0, reversed when below, '
-                 'not resolved when it contains 0. Paired t over seeds when both points ran the same seeds, '
-                 "else Welch's t; with one seed on a side, only the difference.")
+                 'not resolved when it contains 0. Paired t over the seeds both points ran; one shared seed: its '
+                 "difference only; no shared seed: Welch's t (one record on a side: the difference of means).")
 
 
 def to_markdown(table: pd.DataFrame) -> str:

@@ -104,16 +104,25 @@ def compare(better: Mapping[int, float], worse: Mapping[int, float]) -> Comparis
     if nb == 0 or nw == 0:
         nan = float('nan')
         return Comparison(nan, nan, nan, '', nb, nw, NO_RESULT)
-    diff = sum(worse.values()) / nw - sum(better.values()) / nb
-    if nb < 2 or nw < 2:
-        return Comparison(diff, float('nan'), float('nan'), 'one seed', nb, nw, ONE_SEED)
-    if set(better) == set(worse):
-        paired = mean_interval([worse[s] - better[s] for s in sorted(worse)])
+    # A seed moves every model together (same initialisation and data order),
+    # so the seeds both sides ran are compared seed by seed; extra seeds on one
+    # side would only mix that shift into the difference.
+    shared = sorted(set(better) & set(worse))
+    if len(shared) == 1:
+        seed = shared[0]
+        return Comparison(worse[seed] - better[seed], float('nan'), float('nan'), f'one seed ({seed})', nb, nw,
+                          ONE_SEED)
+    if len(shared) >= 2:
+        paired = mean_interval([worse[s] - better[s] for s in shared])
         if paired.sd == 0:
             low = high = paired.mean
         else:
             low, high = paired.low, paired.high
-        return Comparison(paired.mean, low, high, 'paired t', nb, nw, verdict(low, high))
+        method = 'paired t' if nb == nw == len(shared) else f"paired t (seeds {', '.join(map(str, shared))})"
+        return Comparison(paired.mean, low, high, method, nb, nw, verdict(low, high))
+    diff = sum(worse.values()) / nw - sum(better.values()) / nb
+    if nb < 2 or nw < 2:
+        return Comparison(diff, float('nan'), float('nan'), 'one seed', nb, nw, ONE_SEED)
     welch = welch_interval(list(worse.values()), list(better.values()))
     return Comparison(welch.mean, welch.low, welch.high, 'Welch t', nb, nw, verdict(welch.low, welch.high))
 
