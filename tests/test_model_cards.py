@@ -90,6 +90,12 @@ def test_generated_parts_come_from_the_records(tmp_path):
     # mean 326.987, sd 7.071, t(0.975, 1) = 12.706: half-width 63.53
     assert '| **Hash Layer** | layers=4, modules=1x16 balanced | 2.5M | 326.99 ± 63.53 | 305.50 ± 63.53 |' in text
     assert '| Baseline Transformer | layers=4, d=128, D=128 | 1M | 400.00 | 390.00 |' in text
+    # A compared model's seed that the card's model did not run is left out:
+    # a seed shifts every model, so rows must average the same seeds.
+    write_record(tmp_path / 'results' / 'records' / 'baseline@seed2.json',
+                 {**common, 'seed': 7, 'params': 1_000_000, 'valid': {'ppl': 100.0}, 'test': {'ppl': 90.0}})
+    assert update_cards(cards / 'cards.yaml') == []
+    assert '| Baseline Transformer | layers=4, d=128, D=128 | 1M | 400.00 | 390.00 |' in text
 
 
 def test_a_card_without_a_generated_block_is_an_error():

@@ -180,12 +180,13 @@ def evaluation_block(config: CardsConfig, local: Point, points: Dict[str, Point]
     import pandas as pd
 
     rows = []
-    seeds: set = set()
+    # Every row over the card's model's seeds: a seed shifts all models together,
+    # so rows averaged over different seeds would not compare.
+    seeds = set(_seed_results(config, spec.point))
     for name in [spec.point, *spec.compare]:
-        records = _seed_results(config, name)
+        records = {seed: r for seed, r in _seed_results(config, name).items() if seed in seeds}
         if not records:
             continue
-        seeds |= set(records)
         label = f'**{points[name].model}**' if name == spec.point else points[name].model
         rows.append({'Model': label, 'Configuration': points[name].configuration,
                      'Params': human_count(next(iter(records.values()))['params']),

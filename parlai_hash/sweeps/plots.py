@@ -121,6 +121,11 @@ def plot_expert_load(
     ax.set_title(title if subtitle is None else f'{title}\n{subtitle}', fontsize=10)
     ax.set_ylim(bottom=0)
     ax.grid(alpha=0.3)
-    ax.legend()
+    if len(loads) > 6 or max(map(len, loads), default=0) > 60:
+        # Many or long labels would cover the curves: list them under the axes.
+        fig.set_size_inches(6.4, 4.2 + 0.25 * (len(loads) + 1))
+        ax.legend(loc='upper left', bbox_to_anchor=(0.0, -0.15), fontsize='x-small', frameon=False)
+    else:
+        ax.legend()
     return _save(fig, path)
 
