@@ -137,12 +137,16 @@ def _sparse_layers(point: Point) -> str:
 
     if point.options.get('model') == 'transformer/generator':
         return 'none (dense)'
+    opt = {'n_layers': point.options.get('n_layers', 2), 'n_decoder_layers': point.options.get('n_decoder_layers')}
     if point.options.get('layer_routing'):  # "hash:1,2;switch:4" -> "1,2 (hash); 4 (switch)"
-        return '; '.join(f'{layers} ({router})' for router, layers in
-                         (part.split(':', 1) for part in str(point.options['layer_routing']).split(';')))
+        from parlai_hash.agents.mixed_generator.mixed_generator import parse_layer_routing
+
+        by_router: Dict[str, List[int]] = {}
+        for layer, router in parse_layer_routing(point.options['layer_routing'], n_decoder_layers(opt)).items():
+            by_router.setdefault(router, []).append(layer)
+        return '; '.join(f"{','.join(map(str, layers))} ({router})" for router, layers in by_router.items())
     layers = point.options.get('hash_layers')
     if layers is None:
-        opt = {'n_layers': point.options.get('n_layers', 2), 'n_decoder_layers': point.options.get('n_decoder_layers')}
         return f'{default_decoder_layer(n_decoder_layers(opt))} (the default, last but one)'
     return format_value(layers)
 
@@ -179,6 +183,10 @@ def usage_block(config: CardsConfig, local: Point) -> str:
 def evaluation_block(config: CardsConfig, local: Point, points: Dict[str, Point], spec: CardSpec) -> str:
     import pandas as pd
 
+    record = _result(config, spec.point)
+    if record is None:
+        return (f'No committed result yet: run `python -m parlai_hash.sweeps run {config.sweep.where()} --local '
+                f'--points {spec.point}`.\n')
     rows = []
     # Every row over the card's model's seeds: a seed shifts all models together,
     # so rows averaged over different seeds would not compare.
@@ -191,10 +199,6 @@ def evaluation_block(config: CardsConfig, local: Point, points: Dict[str, Point]
         rows.append({'Model': label, 'Configuration': points[name].configuration,
                      'Params': human_count(next(iter(records.values()))['params']),
                      'Valid PPL': _seed_cell(records, 'valid'), 'Test PPL': _seed_cell(records, 'test')})
-    if not rows or _result(config, spec.point) is None:
-        return (f'No committed result yet: run `python -m parlai_hash.sweeps run {config.sweep.where()} --local '
-                f'--points {spec.point}`.\n')
-    record = _result(config, spec.point)
     results_dir = config.results.relative_to(config.sweep.root)
     if len(seeds) > 1:
         which = (f"seeds {', '.join(map(str, sorted(seeds)))}, mean ± half-width of a 95% Student t interval over "

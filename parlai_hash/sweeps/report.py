@@ -143,8 +143,11 @@ def paper_table(frame: pd.DataFrame, metric: str) -> pd.DataFrame:
     """The paper's columns, formatted for reading."""
     label = metric_label(metric)
 
-    def number(x: Any) -> str:
-        return '—' if x is None or pd.isna(x) else f'{x:.2f}'
+    def shown(spec: str) -> Any:
+        """A formatter for a column with gaps: '—' where a point has no value."""
+        return lambda x: '—' if x is None or pd.isna(x) else format(x, spec)
+
+    number = shown('.2f')
 
     def cell(column: str) -> pd.Series:
         if f'{column}_n' not in frame:
@@ -161,12 +164,10 @@ def paper_table(frame: pd.DataFrame, metric: str) -> pd.DataFrame:
     if frame[f'train_{metric}'].notna().any():
         # The regime beside the result: fit to the training text, epochs, whether valid had flattened.
         table[f'Train {label}'] = cell(f'train_{metric}')
-        table['Epochs'] = frame['epochs'].map(lambda x: '—' if x is None or pd.isna(x) else f'{x:.2f}')
-        table['Valid Δ last 1/5'] = frame['valid_late_change'].map(
-            lambda x: '—' if x is None or pd.isna(x) else f'{100 * x:+.1f}%')
+        table['Epochs'] = frame['epochs'].map(number)
+        table['Valid Δ last 1/5'] = frame['valid_late_change'].map(shown('+.1%'))
     if frame['train_dropped'].notna().any():
-        table['Dropped in training'] = frame['train_dropped'].map(
-            lambda x: '—' if x is None or pd.isna(x) else f'{100 * x:.1f}%')
+        table['Dropped in training'] = frame['train_dropped'].map(shown('.1%'))
     if 'paper_row' in frame and frame['paper_row'].notna().any():
         # The numbers the paper prints for the row each point reproduces (at its scale).
         table['Paper row'] = frame['paper_row'].fillna('—')
