@@ -24,6 +24,16 @@ def _seeds_arg(value: str) -> List[int]:
         raise argparse.ArgumentTypeError(f'{value!r} is not a comma-separated list of integers') from None
 
 
+def _jobs_arg(value: str) -> int:
+    try:
+        jobs = int(value)
+    except ValueError:
+        jobs = 0
+    if jobs < 1:
+        raise argparse.ArgumentTypeError(f'{value!r} is not a number of points to train at once (1 or more)')
+    return jobs
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog='python -m parlai_hash.sweeps',
@@ -41,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser('run', help='train every point, skipping finished ones')
     common(run, default_scale=None)
     where = run.add_mutually_exclusive_group(required=True)
-    where.add_argument('--local', action='store_true', help='one point after another on this machine')
+    where.add_argument('--local', action='store_true', help='train the points on this machine (see --jobs)')
     where.add_argument('--slurm', action='store_true', help='submit one SLURM job per point (submitit)')
     run.add_argument('--points', type=_points_arg, default=None,
                      help='comma-separated point names (default: all); unfinished points they need are added')
@@ -50,6 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
                      "else its seed:)")
     run.add_argument('--dry-run', action='store_true', help='print the commands, run nothing')
     run.add_argument('--quiet', action='store_true', help='--local: training output only to each train.log')
+    run.add_argument('--jobs', type=_jobs_arg, default=1,
+                     help='--local: points trained side by side, the cores shared among them (default: 1). '
+                     'Another run on the same sweep is safe: a point being trained is left to its run')
     run.add_argument('--wait', action='store_true', help='--slurm: wait for the jobs and report how they ended')
     run.add_argument('--slurm-cluster', default=None, choices=['slurm', 'local', 'debug'],
                      help="--slurm: submitit's executor (default: SLURM when available; "
@@ -91,6 +104,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from parlai_hash.sweeps.runner import check_requirements, plan_run
 
     sweep = load_sweep(args.sweep)
+    if args.jobs > 1 and not args.local:
+        raise SweepError(sweep.where(), '--jobs is for --local runs', 'drop --jobs: SLURM runs every job at once')
     scale = args.scale or ('local' if args.local else 'paper')
     seeds = args.seeds if args.seeds is not None else list(sweep.seeds)
     runs_dir = args.runs_dir if args.runs_dir is not None else sweep.default_runs_dir(scale)
@@ -110,7 +125,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.local:
         from parlai_hash.sweeps.local import run_local
 
-        outcome = run_local(sweep, plan.to_run, points, quiet=args.quiet)
+        outcome = run_local(sweep, plan.to_run, points, quiet=args.quiet, jobs=args.jobs)
         bad = {**outcome.failed, **outcome.skipped}
     else:
         from parlai_hash.sweeps.slurm import submit

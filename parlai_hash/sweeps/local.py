@@ -1,23 +1,34 @@
-"""``run --local``: train the points on this machine, one after another.
+"""``run --local``: train the points on this machine, ``--jobs`` at a time.
 
 Each point runs in its own process (``python -m parlai_hash.sweeps.worker``):
 memory and GPU state are released between points, and a point that fails does
-not stop the others (its dependants are skipped). Its output goes to
-``<run_dir>/train.log`` and, unless quiet, to the terminal.
+not stop the others (its dependants are skipped). A point starts once the
+points it needs have finished; with ``--jobs N`` up to N train side by side,
+each with the machine's cores shared out (``OMP_NUM_THREADS``) unless the
+caller set that. A point another ``run`` is training (its run folder is
+locked, see ``claim``) is left to it. Output goes to ``<run_dir>/train.log``
+and, unless quiet, to the terminal (prefixed with the point's name when
+several run at once).
 """
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, TextIO
 
+from parlai_hash.sweeps.claim import claim, release
 from parlai_hash.sweeps.records import read_record
 from parlai_hash.sweeps.runner import write_point
 from parlai_hash.sweeps.spec import Point, Sweep
+
+THREAD_VARIABLES = ('OMP_NUM_THREADS', 'MKL_NUM_THREADS')
 
 
 @dataclass
@@ -34,12 +45,30 @@ def _tail(path: Path, lines: int = 5) -> str:
         return ''
 
 
-def _run_worker(point_file: Path, log_file: Path, echo: Callable[[str], None] | None) -> int:
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def worker_env(jobs: int) -> Dict[str, str]:
+    """The environment of each worker: the cores shared out among ``jobs``
+    (a thread count the caller exported is kept)."""
+    env = dict(os.environ)
+    if jobs > 1:
+        for name in THREAD_VARIABLES:
+            env.setdefault(name, str(max(1, _cores() // jobs)))
+    return env
+
+
+def _run_worker(point_file: Path, log_file: Path, echo: Callable[[str], None] | None,
+                env: Optional[Dict[str, str]] = None) -> int:
     """Run the worker, copying its output to the log (and the terminal)."""
     with open(log_file, 'a', encoding='utf-8') as log:
         proc = subprocess.Popen(
             [sys.executable, '-u', '-m', 'parlai_hash.sweeps.worker', str(point_file)],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1, env=env,
         )
         assert proc.stdout is not None
         for line in proc.stdout:
@@ -51,34 +80,78 @@ def _run_worker(point_file: Path, log_file: Path, echo: Callable[[str], None] | 
 
 def run_local(
     sweep: Sweep, points: Sequence[Point], all_points: Sequence[Point],
-    quiet: bool = False, out: Optional[TextIO] = None,
+    quiet: bool = False, out: Optional[TextIO] = None, jobs: int = 1,
 ) -> LocalOutcome:
-    """Train ``points`` in order; dependants of a failed point are skipped."""
+    """Train ``points``, in order as far as their dependencies and ``jobs`` allow;
+    dependants of a failed (or elsewhere-trained) point are skipped."""
+    if jobs < 1:
+        raise ValueError(f'jobs must be at least 1, got {jobs}')
     out = out or sys.stdout  # looked up now: callers may have redirected it
     by_name = {p.name: p for p in all_points}
     outcome = LocalOutcome()
-    echo = None if quiet else (lambda line: print(line, file=out, flush=True))
-    for i, point in enumerate(points, 1):
-        broken = [d for d in point.depends_on if d in outcome.failed or d in outcome.skipped]
-        if broken:
-            outcome.skipped[point.name] = f'needs {broken[0]}, which did not finish'
-            print(f'[{i}/{len(points)}] {point.name}: skipped ({outcome.skipped[point.name]})', file=out, flush=True)
-            continue
-        point.run_dir.mkdir(parents=True, exist_ok=True)
-        point_file = write_point(sweep, point, by_name)
-        log_file = point.run_dir / 'train.log'
-        print(f'[{i}/{len(points)}] {point.name}: training ({point.command()})', file=out, flush=True)
-        start = time.monotonic()
-        code = _run_worker(point_file, log_file, echo)
+    lock = threading.Lock()  # one line at a time on `out`
+    env = worker_env(jobs)
+    total = len(points)
+
+    def say(text: str) -> None:
+        with lock:
+            print(text, file=out, flush=True)
+
+    def train(i: int, point: Point) -> None:
+        tag = f'[{i}/{total}] {point.name}'
+        held_by = claim(point.run_dir)
+        if held_by is not None:
+            outcome.skipped[point.name] = f'another run is training it ({held_by})'
+            say(f'{tag}: skipped ({outcome.skipped[point.name]})')
+            return
+        try:
+            if read_record(point.record_file) is not None:  # another run finished it meanwhile
+                outcome.ran.append(point.name)
+                say(f'{tag}: finished meanwhile by another run')
+                return
+            point_file = write_point(sweep, point, by_name)
+            log_file = point.run_dir / 'train.log'
+            say(f'{tag}: training ({point.command()})')
+            echo = None if quiet else (say if jobs == 1 else (lambda line: say(f'[{point.name}] {line}')))
+            start = time.monotonic()
+            code = _run_worker(point_file, log_file, echo, env)
+        finally:
+            release(point.run_dir)
         record = read_record(point.record_file)
         if code != 0 or record is None:
             outcome.failed[point.name] = f'exit code {code}; see {log_file}'
-            print(f'[{i}/{len(points)}] {point.name}: FAILED ({outcome.failed[point.name]})\n{_tail(log_file)}',
-                  file=out, flush=True)
-            continue
+            say(f'{tag}: FAILED ({outcome.failed[point.name]})\n{_tail(log_file)}')
+            return
         outcome.ran.append(point.name)
         metric = record['metric']
-        print(f"[{i}/{len(points)}] {point.name}: done in {time.monotonic() - start:.0f}s, "
-              f"valid {metric} {record['valid'].get(metric, float('nan')):.4g}, "
-              f"test {metric} {record['test'].get(metric, float('nan')):.4g}", file=out, flush=True)
+        say(f"{tag}: done in {time.monotonic() - start:.0f}s, "
+            f"valid {metric} {record['valid'].get(metric, float('nan')):.4g}, "
+            f"test {metric} {record['test'].get(metric, float('nan')):.4g}")
+
+    waiting = list(points)
+    running: Dict[Future, Point] = {}
+    started = 0
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        while waiting or running:
+            for point in list(waiting):
+                if len(running) >= jobs:
+                    break
+                broken = [d for d in point.depends_on if d in outcome.failed or d in outcome.skipped]
+                if broken:
+                    waiting.remove(point)
+                    started += 1
+                    outcome.skipped[point.name] = f'needs {broken[0]}, which did not finish'
+                    say(f'[{started}/{total}] {point.name}: skipped ({outcome.skipped[point.name]})')
+                    continue
+                if any(d in {p.name for p in waiting} or d in {p.name for p in running.values()}
+                       for d in point.depends_on):
+                    continue  # its parent has not finished yet
+                waiting.remove(point)
+                started += 1
+                running[pool.submit(train, started, point)] = point
+            if running:
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in done:
+                    running.pop(future)
+                    future.result()  # a bug in the runner itself should not pass silently
     return outcome
