@@ -209,7 +209,8 @@ def test_slurm_path_runs_the_same_points_through_submitit(ran, tmp_path, capsys)
     (runs / 'hash' / 'record.json').unlink()
     (runs / 'ft' / 'record.json').unlink()
     args = ['run', str(sweep_file), '--slurm', '--scale', 'local', '--slurm-cluster', 'local',
-            '--runs-dir', str(runs), '--points', 'ft']
+            '--runs-dir', str(runs), '--points', 'ft',
+            '--no-reuse']  # train again, not take the first run's points
     assert sweeps_main(args) == 0
     out = capsys.readouterr().out
     # hash (unfinished) is needed by ft: it runs first, in its own wave.

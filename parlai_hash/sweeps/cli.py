@@ -7,7 +7,7 @@ import io
 import sys
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 from parlai_hash.sweeps.errors import SweepError
 from parlai_hash.sweeps.spec import Point, Sweep, load_sweep, seeded_points
@@ -59,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="comma-separated seeds: train each point once per seed (default: the sweep's seeds:, "
                      "else its seed:)")
     run.add_argument('--dry-run', action='store_true', help='print the commands, run nothing')
+    run.add_argument('--no-reuse', action='store_true',
+                     help='train every point, even one whose options and seed match a finished run in '
+                     'runs/sweeps (by default that run is linked in and its record taken)')
     run.add_argument('--quiet', action='store_true', help='--local: training output only to each train.log')
     run.add_argument('--jobs', type=_jobs_arg, default=1,
                      help='--local: points trained side by side, the cores shared among them (default: 1). '
@@ -100,6 +103,30 @@ def _points(sweep: Sweep, scale: str, runs_dir: Optional[Path], strict_env: bool
     return sweep.points(scale, runs_dir=runs_dir, strict_env=strict_env)
 
 
+def _twins(sweep: Sweep, scale: str, to_run: Sequence[Point]) -> Dict[str, Path]:
+    """Point name -> the finished run (any sweep's) it would reproduce."""
+    from parlai_hash.sweeps.reuse import finished_runs, twin_of
+
+    index = finished_runs(sweep.root / 'runs' / 'sweeps', scale)
+    return {p.name: twin for p in to_run if (twin := twin_of(p, index)) is not None}
+
+
+def _reuse(sweep: Sweep, to_run: Sequence[Point], points: Sequence[Point], twins: Dict[str, Path],
+           dry_run: bool) -> List[Point]:
+    """Take each twin's run (or say it would be taken); the points still to train."""
+    from parlai_hash.sweeps.reuse import adopt
+
+    by_name = {p.name: p for p in points}
+    left = []
+    for point in to_run:
+        twin = twins.get(point.name)
+        if twin is not None and (dry_run or adopt(sweep, point, twin, by_name)):
+            print(f"{point.name}: {'would reuse' if dry_run else 'reused'} {twin} (same options and seed)")
+        else:
+            left.append(point)
+    return left
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from parlai_hash.sweeps.runner import check_requirements, plan_run
 
@@ -111,9 +138,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     runs_dir = args.runs_dir if args.runs_dir is not None else sweep.default_runs_dir(scale)
     points = seeded_points(_points(sweep, scale, args.runs_dir, strict_env=not args.dry_run), seeds)
     plan = plan_run(sweep, points, args.points)
+    twins = {} if args.no_reuse else _twins(sweep, scale, plan.to_run)
     shown_seeds = f", seeds {','.join(map(str, seeds))}" if seeds else ''
-    print(f"sweep {sweep.name} ({scale}{shown_seeds}): {len(plan.to_run)} to run, {len(plan.finished)} finished "
-          f"(skipped); runs in {runs_dir}")
+    shown_twins = f", {len(twins)} reused from identical finished runs" if twins else ''
+    print(f"sweep {sweep.name} ({scale}{shown_seeds}): {len(plan.to_run) - len(twins)} to run{shown_twins}, "
+          f"{len(plan.finished)} finished (skipped); runs in {runs_dir}")
+    plan.to_run = _reuse(sweep, plan.to_run, points, twins, dry_run=args.dry_run)
     if args.dry_run:
         for point in plan.to_run:
             # The seed is not a ParlAI option (the worker seeds before building the model): shown as a comment.
