@@ -133,6 +133,7 @@ def run_local(
     started = 0
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         while waiting or running:
+            unfinished = {p.name for p in waiting} | {p.name for p in running.values()}
             for point in list(waiting):
                 if len(running) >= jobs:
                     break
@@ -143,8 +144,7 @@ def run_local(
                     outcome.skipped[point.name] = f'needs {broken[0]}, which did not finish'
                     say(f'[{started}/{total}] {point.name}: skipped ({outcome.skipped[point.name]})')
                     continue
-                if any(d in {p.name for p in waiting} or d in {p.name for p in running.values()}
-                       for d in point.depends_on):
+                if unfinished.intersection(point.depends_on):
                     continue  # its parent has not finished yet
                 waiting.remove(point)
                 started += 1
