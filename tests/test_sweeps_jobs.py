@@ -53,7 +53,7 @@ class FakeWorker:
         self.running, self.most, self.order = 0, 0, []
         self.seen_parent_record = {}
 
-    def __call__(self, point_file, log_file, echo, env=None):
+    def __call__(self, point_file, log_file, echo, env=None, stops=None):
         import json
         payload = json.loads(point_file.read_text())
         name = payload['name']

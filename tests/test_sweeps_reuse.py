@@ -56,7 +56,7 @@ def repo(tmp_path, monkeypatch):
                                      'options': dense.options, 'seed': 0, 'train_time_s': 9.0})
     trained = []
 
-    def fake_worker(point_file, log_file, echo, env=None):
+    def fake_worker(point_file, log_file, echo, env=None, stops=None):
         payload = json.loads(point_file.read_text())
         trained.append(payload['name'])
         write_record(point_file.parent / 'record.json', {'metric': 'ppl', 'valid': {'ppl': 1.0},

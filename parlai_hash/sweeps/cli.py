@@ -157,6 +157,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         outcome = run_local(sweep, plan.to_run, points, quiet=args.quiet, jobs=args.jobs)
         bad = {**outcome.failed, **outcome.skipped}
+        if outcome.not_started:
+            print(f'stopped before {len(outcome.not_started)} point(s): '
+                  f'{", ".join(outcome.not_started)}; the same command goes on from here')
+            for name, why in bad.items():
+                print(f'{name}: not finished: {why}')
+            return 130  # as an interrupted command
     else:
         from parlai_hash.sweeps.slurm import submit
 

@@ -14,12 +14,24 @@ from __future__ import annotations
 import json
 import os
 import random
+import signal
 import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from parlai_hash.io_utils import atomic_write
 from parlai_hash.sweeps.records import TRAIN_EVAL_EXAMPLES, environment, git_commit, numeric_report, read_record, train_dropped, valid_curve, write_record
+
+
+#: Set by the local runner: Ctrl-C is the runner's to act on (it lets this
+#: point finish, or on a second Ctrl-C terminates it), not this process's.
+RUNNER_STOPS = 'PARLAI_HASH_RUNNER_STOPS'
+
+
+def leave_interrupts_to_the_runner() -> None:
+    """Under the local runner, ignore Ctrl-C: the runner acts on it."""
+    if os.environ.get(RUNNER_STOPS):
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def write_point_file(path: Path, point: Dict[str, Any]) -> None:
@@ -287,6 +299,7 @@ def main(argv: Optional[list] = None) -> int:
         return 2
     from parlai_hash.errors import OptionError
 
+    leave_interrupts_to_the_runner()
     try:
         run_point_file(argv[0])
     except OptionError as err:  # one line naming the option, as ``parlai`` prints it
