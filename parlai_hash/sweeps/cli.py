@@ -157,12 +157,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         outcome = run_local(sweep, plan.to_run, points, quiet=args.quiet, jobs=args.jobs)
         bad = {**outcome.failed, **outcome.skipped}
-        if outcome.not_started:
-            print(f'stopped before {len(outcome.not_started)} point(s): '
-                  f'{", ".join(outcome.not_started)}; the same command goes on from here')
-            for name, why in bad.items():
-                print(f'{name}: not finished: {why}')
-            return 130  # as an interrupted command
+        stopped = outcome.not_started
     else:
         from parlai_hash.sweeps.slurm import submit
 
@@ -171,9 +166,12 @@ def cmd_run(args: argparse.Namespace) -> int:
             cluster=args.slurm_cluster, wait=args.wait,
             overrides={'partition': args.partition, 'timeout_min': args.timeout_min},
         )
-        bad = outcome.failed
+        bad, stopped = outcome.failed, []
     for name, why in bad.items():
         print(f'{name}: not finished: {why}')
+    if stopped:
+        print(f'stopped before {len(stopped)} point(s): {", ".join(stopped)}; the same command goes on from here')
+        return 130  # as an interrupted command
     return 1 if bad else 0
 
 

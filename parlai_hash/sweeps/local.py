@@ -88,7 +88,12 @@ class StopRequests:
         if threading.current_thread() is not threading.main_thread():
             return lambda: None
         previous = {sig: signal.signal(sig, self.request) for sig in (signal.SIGINT, signal.SIGTERM)}
-        return lambda: [signal.signal(sig, handler) for sig, handler in previous.items()]
+
+        def restore() -> None:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+        return restore
 
 
 def _tail(path: Path, lines: int = 5) -> str:
@@ -151,7 +156,7 @@ def run_local(
     out = out or sys.stdout  # looked up now: callers may have redirected it
     by_name = {p.name: p for p in all_points}
     outcome = LocalOutcome()
-    lock = threading.Lock()  # one line at a time on `out`
+    lock = threading.RLock()  # one line at a time on `out` (re-entered by a stop request's message)
     env = worker_env(jobs)
     total = len(points)  # for the [i/total] tags
 
